@@ -1,0 +1,252 @@
+"""Propagation settings and the named presets that reproduce each reference system.
+
+A :class:`Preset` bundles three things: the propagation algorithm (:class:`PropagationConfig`, the
+knobs of McKee et al.'s unified algorithm plus Waldmann et al.'s), how labels are moved between
+pixels and the feature grid (:class:`LabelConfig`), and which feature layer / input scale the
+reference used (:class:`FeatureConfig`). The backbone and its weights are chosen separately.
+
+Defaults are the *correct* versions of each reference; documented quirks of the reference code are
+reproduced only when ``compat=True`` is asked for (see ``Preset.compat_flags``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import InputError
+
+AGGREGATIONS = ("overall", "per-frame")
+NORMALIZERS = ("softmax", "exp", "sum")
+NORM_STAGES = ("topk", "after-restriction", "before-restriction")
+WINDOWS = ("none", "square", "disk")
+LABEL_NORMS = ("none", "channel-minmax", "pixel-minmax")
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """All knobs of the propagation algorithm (DESIGN §4).
+
+    For target location ``j`` the candidates are the locations of every context frame, restricted by
+    the spatial window. Affinity = dot product of (optionally L2-normalised) features.
+
+    aggregation: ``overall`` = one top-k over the candidates of all context frames jointly (CRW);
+        ``per-frame`` = top-k and normalisation per context frame, predictions averaged over frames.
+    topk: number of neighbours kept per target location and aggregation group (0 = all).
+    normalizer: ``softmax`` = exp(a/T)/sum (max-shifted), ``exp`` = the same weights computed as DINO
+        does (exp(a/T) then divide by the sum), ``sum`` = a/sum(a) on raw affinities.
+    norm_stage: which set the normaliser's denominator runs over: ``topk`` = the k survivors
+        (CRW/DINO); ``after-restriction`` = all candidates inside the window, top-k weights are then
+        used without renormalising (MAST/CorrFlow); ``before-restriction`` = all locations of the
+        group, window applied afterwards (UVC, McKee Alg. 1 per-frame).
+    context: number of preceding frames kept in the short-term memory.
+    long_term: number of labelled reference frames kept for good (the first frame(s)).
+    window: spatial restriction ``none`` | ``square`` (Chebyshev distance <= radius, DINO/WALD) |
+        ``disk`` (Euclidean distance < radius, strict, CRW/DUL), in grid cells.
+    window_long_term: also restrict the long-term (first) frame(s); CRW/DUL exempt them.
+    feature_norm: L2-normalise features over channels before the dot products.
+    label_norm: applied to each propagated label map before it is stored and returned:
+        ``channel-minmax`` (per channel over space, WALD/UVC), ``pixel-minmax`` (per location over
+        channels, CRW ``--norm_mask``).
+    requantize: feed back hard one-hot labels (argmax) instead of soft ones (WALD recreate_labels).
+    compat_pad_first: reference quirk of CRW/DUL: before ``context`` frames exist, the short-term
+        memory is filled with copies of the first frame (duplicated candidates).
+    compat_mask_before_exp: reference quirk of WALD (full + window + dino): out-of-window candidates get
+        affinity 0 (weight exp(0)) instead of being excluded.
+    """
+
+    aggregation: str = "overall"
+    topk: int = 10
+    normalizer: str = "softmax"
+    temperature: float = 0.05
+    norm_stage: str = "topk"
+    context: int = 20
+    long_term: int = 1
+    window: str = "disk"
+    radius: float = 12.0
+    window_long_term: bool = False
+    feature_norm: bool = True
+    label_norm: str = "none"
+    requantize: bool = False
+    compat_pad_first: bool = False
+    compat_mask_before_exp: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        _check_choice("normalizer", self.normalizer, NORMALIZERS)
+        _check_choice("norm_stage", self.norm_stage, NORM_STAGES)
+        _check_choice("window", self.window, WINDOWS)
+        _check_choice("label_norm", self.label_norm, LABEL_NORMS)
+        if self.topk < 0:
+            raise InputError(f"topk must be >= 0 (0 keeps all candidates), got {self.topk}")
+        if self.temperature <= 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        if self.context < 0 or self.long_term < 1:
+            raise InputError(f"context must be >= 0 and long_term >= 1, got {self.context}, {self.long_term}")
+        if self.window != "none" and self.radius <= 0:
+            raise InputError(f"radius must be > 0 for window {self.window!r}, got {self.radius}")
+        if self.compat_mask_before_exp and self.normalizer != "exp":
+            raise InputError("compat_mask_before_exp reproduces WALD's 'dino' order bug; it needs normalizer='exp'")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How dense labels are moved to the feature grid and back.
+
+    downsample: ``area`` (fraction of the cell covered), ``bilinear`` (point sample at cell centres),
+        ``nearest``.
+    output_minmax: per-channel min-max of the up-sampled probabilities before argmax (DINO/WALD codec).
+    """
+
+    downsample: str = "area"
+    output_minmax: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Feature extraction used by the reference: layer of a ResNet, stride, input scaling."""
+
+    layer: str = "res3"
+    stride: int = 8
+    input_scale: float = 1.0
+    short_side: int | None = None
+    reference_backbone: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    propagation: PropagationConfig
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    compat_flags: tuple[str, ...] = ()
+    reference: str = ""
+
+    def with_overrides(self, compat: bool = False, **overrides: Any) -> "Preset":
+        """Copy with ``compat`` quirks switched on and any field of the three configs overridden."""
+        prop_kw: dict[str, Any] = {f: True for f in self.compat_flags} if compat else {}
+        label_kw: dict[str, Any] = {}
+        feat_kw: dict[str, Any] = {}
+        names = {
+            "propagation": {f.name for f in fields(PropagationConfig)},
+            "labels": {f.name for f in fields(LabelConfig)},
+            "features": {f.name for f in fields(FeatureConfig)},
+        }
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in names["propagation"]:
+                prop_kw[key] = value
+            elif key in names["labels"]:
+                label_kw[key] = value
+            elif key in names["features"]:
+                feat_kw[key] = value
+            else:
+                known = sorted(names["propagation"] | names["labels"] | names["features"])
+                raise InputError(f"unknown setting {key!r}; known settings: {', '.join(known)}")
+        return replace(
+            self,
+            propagation=replace(self.propagation, **prop_kw),
+            labels=replace(self.labels, **label_kw),
+            features=replace(self.features, **feat_kw),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def _register(p: Preset) -> Preset:
+    PRESETS[p.name] = p
+    return p
+
+
+_register(Preset(
+    name="crw",
+    description="Contrastive Random Walk (Jabri et al. 2020) test protocol: overall top-10, softmax T=0.05, "
+                "first frame + 20 previous, disk radius 12 (strict) not applied to the first frame, res3, native size.",
+    propagation=PropagationConfig(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05,
+                                  context=20, window="disk", radius=12, window_long_term=False),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res3", stride=8, reference_backbone="resnet18 (CRW pretrained.pth)"),
+    compat_flags=("compat_pad_first",),
+    reference="ajabri/videowalk test.py --topk 10 --videoLen 20 --radius 12 --temperature 0.05 --cropSize -1; "
+              "DAVIS-17 val J&F 67.6",
+))
+_register(Preset(
+    name="dul",
+    description="Dense Unsupervised Learning (Araslanov et al. 2021) inference: CRW propagation on res4 features "
+                "(top-10, T=0.05, context 20 + first, disk radius 12 not on the first frame).",
+    propagation=PropagationConfig(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05,
+                                  context=20, window="disk", radius=12, window_long_term=False),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res4", stride=8, reference_backbone="resnet18 (DUL snapshot)"),
+    compat_flags=("compat_pad_first",),
+    reference="visinf/dense-ulearn-vos TEST.KNN 10 TEST.RADIUS 12 TEST.TEMP 0.05 TEST.CXT_SIZE 20 TEST.KEY res4; "
+              "DAVIS-17 val J&F 65.3-69.4",
+))
+_register(Preset(
+    name="dino",
+    description="DINO eval_video_segmentation protocol: overall top-5, weights exp(a/0.1) renormalised, first frame "
+                "+ 7 previous, square window radius 12 on every context frame, per-channel min-max before argmax.",
+    propagation=PropagationConfig(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=7,
+                                  window="square", radius=12, window_long_term=True),
+    labels=LabelConfig(downsample="nearest", output_minmax=True),
+    features=FeatureConfig(layer="res3", stride=8, reference_backbone="vit_small_patch16 / vit_base_patch8 (DINO)"),
+    reference="facebookresearch/dino eval_video_segmentation.py --n_last_frames 7 --size_mask_neighborhood 12 --topk 5",
+))
+_register(Preset(
+    name="waldmann-davis",
+    description="Waldmann et al. 2022 DAVIS setting ('more context'): local affinity, joint top-5 over first frame "
+                "+ 20 previous, exp(a/0.1), square window radius 12 on all frames, per-channel min-max decoding.",
+    propagation=PropagationConfig(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=20,
+                                  window="square", radius=12, window_long_term=True),
+    labels=LabelConfig(downsample="bilinear", output_minmax=True),
+    features=FeatureConfig(layer="res3", stride=8, reference_backbone="vit_base_patch8 (DINO) @480"),
+    compat_flags=("compat_mask_before_exp",),
+    reference="urs-waldmann/improving-unsupervised-label-propagation _reported_configs/DAVIS2017-more-context",
+))
+_register(Preset(
+    name="mckee-imagenet",
+    description="McKee et al. 2022 best still-image setting: overall top-5, softmax T=1, first frame + 20 previous, "
+                "fixed region (disk radius 12, not on the first frame), res3 at stride 8, input up-sampled x2.",
+    propagation=PropagationConfig(aggregation="overall", topk=5, normalizer="softmax", temperature=1.0, context=20,
+                                  window="disk", radius=12, window_long_term=False),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res3", stride=8, input_scale=2.0,
+                           reference_backbone="resnet18 ImageNet, res3 stride-modified and fine-tuned"),
+    reference="McKee et al. 2022 Table 6(c) 'ImageNet upsample': DAVIS-17 val J&F 67.8 (65.8 without x2)",
+))
+_register(Preset(
+    name="uvc-perframe",
+    description="UVC / McKee Algorithm 1 'per-frame' aggregation: per context frame softmax over all locations "
+                "(T=1) before restriction, top-5, predictions averaged over first frame + 7 previous; raw (not "
+                "L2-normalised) features, as UVC is trained.",
+    propagation=PropagationConfig(aggregation="per-frame", topk=5, normalizer="softmax", temperature=1.0, context=7,
+                                  norm_stage="before-restriction", window="none", radius=12, window_long_term=False,
+                                  feature_norm=False),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res3", stride=8),
+    reference="McKee et al. 2022 Alg. 1, per-frame variant (UVC protocol)",
+))
+
+
+def get_preset(name: str | Preset, compat: bool = False, **overrides: Any) -> Preset:
+    """Look up a preset by name and apply ``compat`` quirks and overrides."""
+    if isinstance(name, Preset):
+        base = name
+    else:
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        base = PRESETS[name]
+    if compat or overrides:
+        return base.with_overrides(compat=compat, **overrides)
+    return base

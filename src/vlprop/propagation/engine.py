@@ -1,0 +1,296 @@
+"""Streaming label propagation over feature maps (the unified algorithm of McKee et al. + Waldmann et al.).
+
+:class:`PropagationEngine` carries one label map ``[C, h, w]`` through a stream of feature maps
+``[D, h, w]``. It keeps a bounded context memory -- the labelled reference frame(s) plus a ring buffer
+of the last ``context`` frames with their predicted labels -- so memory does not grow with video length.
+Every step is exact: the result equals a dense ``(context * hw) x hw`` affinity with masking, top-k
+and normalisation (tests check this against a naive implementation written from the spec).
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..config import PropagationConfig, Preset, get_preset
+from ..errors import InputError
+from .affinity import (
+    TopK,
+    dense_topk,
+    l2_normalize,
+    pad_channels_last,
+    query_tiles,
+    window_geometry,
+    window_mask_dense,
+    window_offsets,
+    window_topk,
+)
+
+
+@dataclass
+class _Entry:
+    """A context frame: features (flat and, lazily, padded for the window kernel) and its labels."""
+
+    flat: torch.Tensor  # [hw, D]
+    labels: torch.Tensor  # [C, hw]
+    padded: torch.Tensor | None = None
+    restricted: bool = True
+
+
+class PropagationEngine:
+    """Propagate one soft label map through a stream of feature maps.
+
+    Usage::
+
+        eng = PropagationEngine(get_preset("crw").propagation)
+        eng.reset(features0, labels0)          # [D,h,w], [C,h,w]
+        for f in later_features:
+            labels = eng.step(f)               # [C,h,w]
+
+    ``dtype`` (default float32) is the precision of affinities and labels; float64 is supported.
+    """
+
+    def __init__(self, config: PropagationConfig | Preset | str = "crw", dtype: torch.dtype = torch.float32,
+                 tile: int = 8, chunk: int = 2048):
+        if isinstance(config, (str, Preset)):
+            config = get_preset(config).propagation
+        self.cfg = config
+        self.dtype = dtype
+        self.tile = tile
+        self.chunk = chunk
+        self._offsets = window_offsets(config.window, config.radius) if config.window != "none" else None
+        self._shape: tuple[int, int, int] | None = None
+        self._long: list[_Entry] = []
+        self._short: collections.deque[_Entry] = collections.deque(maxlen=max(config.context, 0) or None)
+        self._num_channels = 0
+
+    # ------------------------------------------------------------------ memory
+    @property
+    def grid_shape(self) -> tuple[int, int] | None:
+        return None if self._shape is None else self._shape[1:]
+
+    def _prepare(self, features: torch.Tensor, what: str) -> torch.Tensor:
+        if not torch.is_tensor(features) or features.dim() != 3:
+            raise InputError(f"{what}: expected a feature map [D, h, w], got "
+                             f"{tuple(features.shape) if torch.is_tensor(features) else type(features).__name__}")
+        if self._shape is not None and tuple(features.shape) != self._shape:
+            raise InputError(f"{what}: feature map has shape {tuple(features.shape)} but this video's features are "
+                             f"{self._shape}; all frames of a video must have the same size")
+        f = features.detach().to("cpu", self.dtype)
+        if self.cfg.feature_norm:
+            f = l2_normalize(f, dim=0)
+        return f
+
+    def _entry(self, f: torch.Tensor, labels: torch.Tensor, restricted: bool) -> _Entry:
+        D, h, w = f.shape
+        return _Entry(flat=f.reshape(D, h * w).t().contiguous(), labels=labels.reshape(labels.shape[0], h * w),
+                      restricted=restricted)
+
+    def reset(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Start a new video with a labelled reference frame: features ``[D,h,w]``, labels ``[C,h,w]``."""
+        self._shape = None
+        self._long.clear()
+        self._short.clear()
+        self.add_reference(features, labels)
+
+    def add_reference(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a labelled frame to the long-term memory (oldest dropped beyond ``long_term``)."""
+        f = self._prepare(features, "reference frame")
+        labels = self._check_labels(labels, f.shape[1:], "reference labels")
+        if self._shape is None:
+            self._shape = tuple(f.shape)
+            self._num_channels = labels.shape[0]
+        self._long.append(self._entry(f, labels, restricted=self.cfg.window_long_term))
+        if len(self._long) > self.cfg.long_term:
+            self._long.pop(0)
+
+    def _check_labels(self, labels: torch.Tensor, hw: tuple[int, int], what: str) -> torch.Tensor:
+        if not torch.is_tensor(labels) or labels.dim() != 3 or tuple(labels.shape[1:]) != tuple(hw):
+            raise InputError(f"{what}: expected a label map [C, {hw[0]}, {hw[1]}] at feature resolution, got "
+                             f"{tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__}")
+        if self._num_channels and labels.shape[0] != self._num_channels:
+            raise InputError(f"{what}: {labels.shape[0]} channels, but this video has {self._num_channels}")
+        return labels.detach().to("cpu", self.dtype)
+
+    def context(self) -> list[_Entry]:
+        """Current context entries: long-term first, then short-term oldest to newest."""
+        entries = list(self._long)
+        short = list(self._short)
+        if self.cfg.compat_pad_first and len(short) < self.cfg.context:
+            pad = [_Entry(e.flat, e.labels, None, True) for e in self._long[:1]] * (self.cfg.context - len(short))
+            short = pad + short
+        return entries + short
+
+    # ------------------------------------------------------------------ step
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Labels ``[C,h,w]`` for a target frame from the current context (memory unchanged)."""
+        if not self._long:
+            raise InputError("no labelled reference frame: call reset(features, labels) first")
+        q = self._prepare(features, "target frame")
+        return self._propagate(q, self.context())
+
+    def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Append a frame with its (predicted) labels to the short-term memory (re-quantised if configured)."""
+        if self.cfg.context == 0:
+            return
+        f = self._prepare(features, "context frame")
+        labels = self._check_labels(labels, f.shape[1:], "context labels")
+        self._short.append(self._entry(f, self._postprocess_for_memory(labels), restricted=True))
+
+    def step(self, features: torch.Tensor) -> torch.Tensor:
+        """Predict the labels of the next frame and remember them as context. Returns ``[C,h,w]``."""
+        q = self._prepare(features, "target frame")
+        if not self._long:
+            raise InputError("no labelled reference frame: call reset(features, labels) first")
+        labels = self._propagate(q, self.context())
+        stored = self._postprocess_for_memory(labels)
+        if self.cfg.context > 0:
+            self._short.append(self._entry(q, stored, restricted=True))
+        return labels
+
+    def _postprocess_for_memory(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.requantize:
+            hard = torch.zeros_like(labels)
+            hard.scatter_(0, labels.argmax(0, keepdim=True), 1.0)
+            return hard
+        return labels
+
+    # ------------------------------------------------------------------ core
+    def _frame_topk(self, q: torch.Tensor, qt: torch.Tensor | None, entry: _Entry, k: int,
+                    reduce: str | None) -> TopK:
+        cfg = self.cfg
+        D, h, w = q.shape
+        qflat = q.reshape(D, h * w).t()
+        restricted = entry.restricted and self._offsets is not None
+        if not restricted:
+            return dense_topk(qflat, entry.flat, k, reduce=reduce, temperature=cfg.temperature, chunk=self.chunk)
+        before = cfg.norm_stage == "before-restriction"
+        if before or cfg.compat_mask_before_exp:
+            mask = self._dense_mask(h, w)
+            return dense_topk(qflat, entry.flat, k, allowed=lambda s, e: mask[s:e],
+                              masked_value=0.0 if cfg.compat_mask_before_exp else float("-inf"),
+                              reduce=reduce, reduce_before_mask=before, temperature=cfg.temperature,
+                              chunk=self.chunk)
+        geo = window_geometry(h, w, self._offsets, self.tile)
+        if entry.padded is None:
+            entry.padded = pad_channels_last(entry.flat.t().reshape(D, h, w), geo)
+        return window_topk(qt, entry.padded, geo, k, reduce=reduce, temperature=cfg.temperature)
+
+    def _dense_mask(self, h: int, w: int) -> torch.Tensor:
+        key = (h, w)
+        cache = getattr(self, "_mask_cache", None)
+        if cache is None or cache[0] != key:
+            self._mask_cache = (key, window_mask_dense(h, w, self._offsets))
+        return self._mask_cache[1]
+
+    def _weights(self, values: torch.Tensor, stat: torch.Tensor | None) -> torch.Tensor:
+        """Normalised weights ``[N, k]`` for survivor affinities ``values [N, k]`` (-inf = no candidate)."""
+        cfg = self.cfg
+        finite = torch.isfinite(values)
+        if cfg.normalizer == "sum":
+            v = torch.where(finite, values, torch.zeros((), dtype=values.dtype))
+            denom = v.sum(1, keepdim=True) if stat is None else stat[:, None]
+            return torch.nan_to_num(v / denom, nan=0.0, posinf=0.0, neginf=0.0)
+        if stat is not None:  # restricted / full denominators
+            return torch.exp(values / cfg.temperature - stat[:, None])
+        if cfg.normalizer == "exp":  # DINO numerics: exp first, then divide by the sum
+            e = torch.exp(values / cfg.temperature)
+            return torch.nan_to_num(e / e.sum(1, keepdim=True), nan=0.0)
+        return torch.softmax(values / cfg.temperature, dim=1).nan_to_num(0.0)
+
+    def _propagate(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
+        cfg = self.cfg
+        D, h, w = q.shape
+        reduce = None
+        if cfg.norm_stage != "topk":
+            reduce = "sum" if cfg.normalizer == "sum" else "lse"
+        need_tiles = self._offsets is not None and cfg.norm_stage != "before-restriction" \
+            and not cfg.compat_mask_before_exp and any(e.restricted for e in entries)
+        qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if need_tiles else None
+        k = cfg.topk
+        C = entries[0].labels.shape[0]
+        if cfg.aggregation == "per-frame":
+            out = torch.zeros(h * w, C, dtype=q.dtype)
+            for e in entries:
+                tk = self._frame_topk(q, qt, e, k, reduce)
+                wts = self._weights(tk.values, tk.stat)
+                out += _gather_weighted(e.labels, tk.index, wts)
+            out /= len(entries)
+            return self._finish(out, h, w)
+        # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
+        per = [self._frame_topk(q, qt, e, k, reduce) for e in entries]
+        hw = h * w
+        values = torch.cat([p.values for p in per], dim=1)
+        index = torch.cat([p.index + i * hw for i, p in enumerate(per)], dim=1)
+        stat = None
+        if reduce == "lse":
+            stat = torch.logsumexp(torch.stack([p.stat for p in per], 1), dim=1)
+        elif reduce == "sum":
+            stat = torch.stack([p.stat for p in per], 1).sum(1)
+        if k > 0 and values.shape[1] > k:
+            values, sel = torch.topk(values, k, dim=1)
+            index = torch.gather(index, 1, sel)
+        wts = self._weights(values, stat)
+        labels = torch.cat([e.labels for e in entries], dim=1)  # [C, n*hw]
+        out = _gather_weighted(labels, index, wts)
+        return self._finish(out, h, w)
+
+    def _finish(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        labels = out.t().reshape(-1, h, w).contiguous()
+        return normalize_labels(labels, self.cfg.label_norm)
+
+
+def _gather_weighted(labels: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out[j, c] = sum_k weights[j,k] * labels[c, index[j,k]]`` -> ``[N, C]``."""
+    n, k = index.shape
+    g = labels.t().index_select(0, index.reshape(-1)).view(n, k, -1)
+    return torch.einsum("nk,nkc->nc", weights, g)
+
+
+def normalize_labels(labels: torch.Tensor, mode: str) -> torch.Tensor:
+    """Label normalisation of a ``[C,h,w]`` map: ``channel-minmax`` / ``pixel-minmax`` / ``none``."""
+    if mode == "none":
+        return labels
+    if mode == "channel-minmax":
+        flat = labels.reshape(labels.shape[0], -1)
+        mn = flat.min(1, keepdim=True).values
+        mx = flat.max(1, keepdim=True).values
+        active = flat.sum(1, keepdim=True) != 0  # WALD/UVC skip empty channels
+        normed = (flat - mn) / (mx - mn).clamp_min(torch.finfo(flat.dtype).tiny)
+        return torch.where(active, normed, flat).reshape(labels.shape)
+    if mode == "pixel-minmax":
+        mn = labels.min(0, keepdim=True).values
+        mx = labels.max(0, keepdim=True).values
+        return (labels - mn) / (mx - mn).clamp_min(torch.finfo(labels.dtype).tiny)
+    raise InputError(f"unknown label normalisation {mode!r}")
+
+
+def propagate_features(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    preset: str | Preset | PropagationConfig = "crw",
+    dtype: torch.dtype = torch.float32,
+    compat: bool = False,
+    **overrides,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Researchers' entry point: propagate ``labels [C,h,w]`` of frame 0 through ``features [T,D,h,w]``.
+
+    Yields ``(t, probs [C,h,w])`` for ``t = 1 .. T-1``. ``features`` may also be any iterable of
+    ``[D,h,w]`` maps (streaming). ``overrides`` set any :class:`PropagationConfig` field.
+    """
+    if isinstance(preset, PropagationConfig):
+        from dataclasses import replace
+        cfg = replace(preset, **overrides) if overrides else preset
+    else:
+        cfg = get_preset(preset, compat=compat, **overrides).propagation
+    engine = PropagationEngine(cfg, dtype=dtype)
+    it = iter(features)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise InputError("propagate_features: no frames given") from None
+    engine.reset(first, labels)
+    for t, f in enumerate(it, start=1):
+        yield t, engine.step(f)

@@ -1,0 +1,177 @@
+"""The streaming engine equals a naive dense implementation written here from the spec."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vlprop.config import PRESETS, PropagationConfig, get_preset
+from vlprop.errors import InputError
+from vlprop.propagation.engine import PropagationEngine, propagate_features
+
+
+# ---------------------------------------------------------------------------- naive reference
+def naive_mask(h, w, window, radius):
+    """M[target, ref] from the spec formulas (DINO/WALD square, CRW/DUL strict disk)."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1).double(), xs.reshape(-1).double()
+    dy = ys[None, :] - ys[:, None]
+    dx = xs[None, :] - xs[:, None]
+    if window == "square":
+        return torch.maximum(dy.abs(), dx.abs()) <= radius
+    return dy ** 2 + dx ** 2 < radius ** 2
+
+
+def naive_step(cfg: PropagationConfig, q, ctx_feats, ctx_labels, restricted):
+    """One propagation step exactly as McKee Alg. 1 / spec §1.3, dense [hw, n*hw] affinity."""
+    D, h, w = q.shape
+    norm = (lambda f: torch.nn.functional.normalize(f, dim=0)) if cfg.feature_norm else (lambda f: f)
+    qf = norm(q).reshape(D, -1).t()
+    T = cfg.temperature
+    mats, labs = [], []
+    for f, lab, r in zip(ctx_feats, ctx_labels, restricted):
+        a = qf @ norm(f).reshape(D, -1)  # [hw, hw]
+        full = a.clone()
+        if r and cfg.window != "none":
+            m = naive_mask(h, w, cfg.window, cfg.radius)
+            a = a.masked_fill(~m, 0.0 if cfg.compat_mask_before_exp else -math.inf)
+        mats.append((a, full))
+        labs.append(lab.reshape(lab.shape[0], -1))
+
+    def weights(vals, all_vals):
+        if cfg.norm_stage == "topk":
+            if cfg.normalizer == "sum":
+                return vals / vals.sum(1, keepdim=True)
+            return torch.softmax(vals / T, 1)
+        if cfg.normalizer == "sum":
+            return vals / torch.where(torch.isfinite(all_vals), all_vals, 0 * all_vals).sum(1, keepdim=True)
+        return torch.exp(vals / T - torch.logsumexp(all_vals / T, 1, keepdim=True))
+
+    def stage_set(a, full):
+        return full if cfg.norm_stage == "before-restriction" else a
+
+    if cfg.aggregation == "overall":
+        A = torch.cat([a for a, _ in mats], 1)
+        S = torch.cat([stage_set(a, f) for a, f in mats], 1)
+        L = torch.cat(labs, 1)
+        k = A.shape[1] if cfg.topk == 0 else cfg.topk
+        v, i = torch.topk(A, k, 1)
+        wts = weights(v, S)
+        out = (wts[:, :, None] * L.t()[i]).sum(1)
+    else:
+        out = 0
+        for (a, f), L in zip(mats, labs):
+            k = a.shape[1] if cfg.topk == 0 else min(cfg.topk, a.shape[1])
+            v, i = torch.topk(a, k, 1)
+            wts = weights(v, stage_set(a, f))
+            out = out + (wts[:, :, None] * L.t()[i]).sum(1)
+        out = out / len(mats)
+    return out.t().reshape(-1, h, w)
+
+
+def naive_video(cfg, feats, labels0):
+    """Propagate through feats [T,D,h,w]: context = first frame + `context` previous frames."""
+    preds = [labels0]
+    outs = []
+    for t in range(1, feats.shape[0]):
+        prev = list(range(max(1, t - cfg.context), t)) if cfg.context else []
+        idx = [0] + prev
+        restricted = [cfg.window_long_term] + [True] * len(prev)
+        if cfg.compat_pad_first and len(prev) < cfg.context:
+            pad = cfg.context - len(prev)
+            idx = [0] + [0] * pad + prev
+            restricted = [cfg.window_long_term] + [True] * (pad + len(prev))
+        out = naive_step(cfg, feats[t], [feats[i] for i in idx], [preds[i] for i in idx], restricted)
+        outs.append(out)
+        preds.append(out)
+    return outs
+
+
+def random_video(T=6, D=16, h=9, w=13, C=3, seed=0, smooth=True):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(D, h, w, generator=g, dtype=torch.float64)
+    frames = [base + 0.3 * torch.randn(D, h, w, generator=g, dtype=torch.float64) for _ in range(T)]
+    labels = torch.softmax(3 * torch.randn(C, h, w, generator=g, dtype=torch.float64), 0)
+    return torch.stack(frames), labels
+
+
+CONFIGS = {
+    **{name: p.propagation for name, p in PRESETS.items()},
+    "per-frame-topk-square": PropagationConfig(aggregation="per-frame", topk=4, window="square", radius=2,
+                                               context=3, window_long_term=True),
+    "overall-after-restriction": PropagationConfig(norm_stage="after-restriction", topk=5, radius=3, context=3),
+    "overall-sum": PropagationConfig(normalizer="sum", topk=3, radius=2.5, context=2),
+    "per-frame-before-restriction-disk": PropagationConfig(aggregation="per-frame", norm_stage="before-restriction",
+                                                           window="disk", radius=3, topk=6, context=2),
+    "overall-topk-all": PropagationConfig(topk=0, window="square", radius=2, context=2),
+    "no-window": PropagationConfig(window="none", topk=7, context=4),
+    "small-radius": PropagationConfig(window="square", radius=1, topk=20, context=2, window_long_term=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_engine_equals_naive_dense_reference(name):
+    cfg = CONFIGS[name]
+    feats, labels = random_video(T=6, seed=hash(name) % 1000)
+    expected = naive_video(cfg, feats, labels)
+    got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
+    assert len(got) == len(expected) == feats.shape[0] - 1
+    for t, (g, e) in enumerate(zip(got, expected), start=1):
+        assert torch.allclose(g, e, atol=1e-5, rtol=0), f"{name}: frame {t} max err {(g - e).abs().max():.2e}"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_engine_equals_naive_with_compat_quirks(name):
+    cfg = get_preset(name, compat=True).propagation
+    feats, labels = random_video(T=5, seed=7)
+    expected = naive_video(cfg, feats, labels)
+    got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5, rtol=0)
+
+
+def test_window_tiles_larger_than_grid_and_odd_sizes():
+    cfg = PropagationConfig(window="disk", radius=12, topk=10, context=2)
+    feats, labels = random_video(T=4, h=5, w=31, seed=3)
+    expected = naive_video(cfg, feats, labels)
+    got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+def test_float32_engine_matches_float64_reference_closely():
+    cfg = get_preset("crw").propagation
+    feats, labels = random_video(T=5, D=32, h=12, w=20, seed=11)
+    expected = naive_video(cfg, feats, labels)
+    got = [p for _, p in propagate_features(feats.float(), labels.float(), preset="crw")]
+    for g, e in zip(got, expected):
+        assert (g.double() - e).abs().max() < 1e-4
+
+
+def test_memory_is_bounded_by_context():
+    eng = PropagationEngine(PropagationConfig(context=3))
+    feats, labels = random_video(T=10)
+    eng.reset(feats[0].float(), labels.float())
+    for t in range(1, 10):
+        eng.step(feats[t].float())
+        assert len(eng.context()) <= 1 + 3
+
+
+def test_mismatched_feature_size_is_a_clear_error():
+    eng = PropagationEngine("crw")
+    feats, labels = random_video(T=2)
+    eng.reset(feats[0].float(), labels.float())
+    with pytest.raises(InputError, match="same size"):
+        eng.step(torch.zeros(16, 10, 13))
+    with pytest.raises(InputError, match="label map"):
+        eng.reset(feats[0].float(), labels[:, :5].float())
+
+
+def test_unknown_preset_and_bad_settings_are_clear_errors():
+    with pytest.raises(InputError, match="unknown preset"):
+        get_preset("nope")
+    with pytest.raises(InputError, match="aggregation"):
+        PropagationConfig(aggregation="sideways")
+    with pytest.raises(InputError, match="unknown setting"):
+        get_preset("crw", topkk=3)
