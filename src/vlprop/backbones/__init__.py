@@ -1,0 +1,22 @@
+"""Backbones: named ResNet trunks, reference-checkpoint loading and the feature extractor.
+
+```python
+from vlprop.backbones import create_backbone, FeatureExtractor
+net = create_backbone("resnet18", stride=8, layer="res3", weights="random", seed=0)
+ext = FeatureExtractor(net, short_side=480)
+feats = ext(frame_uint8_hw3)          # [D, h, w] float32 on CPU
+geo = ext.geometry(*frame.shape[:2])  # GridGeometry of that grid
+```
+"""
+from vlprop.backbones.colorspace import COLORSPACES, LAB_MEAN, LAB_STD, rgb_to_lab
+from vlprop.backbones.extractor import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, frame_to_tensor
+from vlprop.backbones.registry import create_backbone, list_backbones, register_backbone
+from vlprop.backbones.resnet import LAYERS, ResNetBackbone
+from vlprop.backbones.weights import FORMATS, KEY_MAPS, load_weights, open_checkpoint, save_checkpoint
+
+__all__ = [
+    "create_backbone", "list_backbones", "register_backbone",
+    "FeatureExtractor", "frame_to_tensor", "IMAGENET_MEAN", "IMAGENET_STD",
+    "load_weights", "open_checkpoint", "save_checkpoint", "FORMATS", "KEY_MAPS",
+    "ResNetBackbone", "LAYERS", "COLORSPACES", "LAB_MEAN", "LAB_STD", "rgb_to_lab",
+]
