@@ -40,6 +40,10 @@ def naive_step(cfg: PropagationConfig, q, ctx_feats, ctx_labels, restricted):
         labs.append(lab.reshape(lab.shape[0], -1))
 
     def weights(vals, all_vals):
+        if cfg.compat_softmax_zeros:  # WALD: softmax over every candidate, non-top-k entries are 0
+            full = torch.zeros(vals.shape[0], all_vals.shape[1], dtype=vals.dtype)
+            full[:, : vals.shape[1]] = vals / T
+            return torch.softmax(full, 1)[:, : vals.shape[1]]
         if cfg.norm_stage == "topk":
             if cfg.normalizer == "sum":
                 return vals / vals.sum(1, keepdim=True)

@@ -53,6 +53,9 @@ class PropagationConfig:
         memory is filled with copies of the first frame (duplicated candidates).
     compat_mask_before_exp: reference quirk of WALD (full + window + dino): out-of-window candidates get
         affinity 0 (weight exp(0)) instead of being excluded.
+    compat_softmax_zeros: reference quirk of WALD's softmax normalisers: the softmax runs over *all*
+        candidates of all context frames with the non-top-k ones set to 0 (each gets weight exp(0)), so
+        mass leaks away from the k survivors.
     """
 
     aggregation: str = "overall"
@@ -70,6 +73,7 @@ class PropagationConfig:
     requantize: bool = False
     compat_pad_first: bool = False
     compat_mask_before_exp: bool = False
+    compat_softmax_zeros: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
@@ -85,6 +89,9 @@ class PropagationConfig:
             raise InputError(f"context must be >= 0 and long_term >= 1, got {self.context}, {self.long_term}")
         if self.window != "none" and self.radius <= 0:
             raise InputError(f"radius must be > 0 for window {self.window!r}, got {self.radius}")
+        if self.compat_softmax_zeros and (self.normalizer != "softmax" or self.norm_stage != "topk"):
+            raise InputError("compat_softmax_zeros reproduces WALD's softmax leak; it needs normalizer='softmax' "
+                             "and norm_stage='topk'")
         if self.compat_mask_before_exp and self.normalizer != "exp":
             raise InputError("compat_mask_before_exp reproduces WALD's 'dino' order bug; it needs normalizer='exp'")
 
@@ -100,6 +107,24 @@ class LabelConfig:
 
     downsample: str = "area"
     output_minmax: bool = False
+
+
+@dataclass(frozen=True)
+class KeypointConfig:
+    """Keypoint label codec: encode K keypoints as K (+1 background) heat maps, decode after propagation.
+
+    sigma: kernel spread in grid cells; kernel: ``gaussian`` | ``cauchy``; subpixel: centre the kernel at
+    the exact position (False = CRW's rounding to a cell); decoder: see ``vlprop.labels.keypoints``
+    (``topk``, ``cog5``, ``fit``, ``upsample``, ...); decode_k: k of the top-k decoder.
+    """
+
+    sigma: float = 0.5
+    kernel: str = "gaussian"
+    subpixel: bool = True
+    background: str = "binary"
+    decoder: str = "topk"
+    decode_k: int = 5
+    crw_compat: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,7 @@ class Preset:
     propagation: PropagationConfig
     labels: LabelConfig = field(default_factory=LabelConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    keypoints: KeypointConfig | None = None
     compat_flags: tuple[str, ...] = ()
     reference: str = ""
 
@@ -128,7 +154,9 @@ class Preset:
         prop_kw: dict[str, Any] = {f: True for f in self.compat_flags} if compat else {}
         label_kw: dict[str, Any] = {}
         feat_kw: dict[str, Any] = {}
+        kp_kw: dict[str, Any] = {}
         names = {
+            "keypoints": {f.name for f in fields(KeypointConfig)} if self.keypoints is not None else set(),
             "propagation": {f.name for f in fields(PropagationConfig)},
             "labels": {f.name for f in fields(LabelConfig)},
             "features": {f.name for f in fields(FeatureConfig)},
@@ -142,14 +170,17 @@ class Preset:
                 label_kw[key] = value
             elif key in names["features"]:
                 feat_kw[key] = value
+            elif key in names["keypoints"]:
+                kp_kw[key] = value
             else:
-                known = sorted(names["propagation"] | names["labels"] | names["features"])
+                known = sorted(names["propagation"] | names["labels"] | names["features"] | names["keypoints"])
                 raise InputError(f"unknown setting {key!r}; known settings: {', '.join(known)}")
         return replace(
             self,
             propagation=replace(self.propagation, **prop_kw),
             labels=replace(self.labels, **label_kw),
             features=replace(self.features, **feat_kw),
+            keypoints=replace(self.keypoints, **kp_kw) if self.keypoints is not None else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -236,6 +267,38 @@ _register(Preset(
     labels=LabelConfig(downsample="bilinear"),
     features=FeatureConfig(layer="res3", stride=8),
     reference="McKee et al. 2022 Alg. 1, per-frame variant (UVC protocol)",
+))
+
+_register(Preset(
+    name="waldmann-jhmdb",
+    description="Waldmann et al. 2022 JHMDB keypoints: joint top-20 over first frame + 20 previous, softmax of "
+                "22.63*cos (T=1/sqrt(512)), square window radius 12 on all frames, Gaussian sigma 0.5 cells at the "
+                "exact sub-pixel position, top-5 decoding, input up-sampled x2.",
+    propagation=PropagationConfig(aggregation="overall", topk=20, normalizer="softmax", temperature=512 ** -0.5,
+                                  context=20, window="square", radius=12, window_long_term=True),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res3", stride=8, input_scale=2.0, reference_backbone="UVC resnet18 @480"),
+    keypoints=KeypointConfig(sigma=0.5, kernel="gaussian", subpixel=True, background="binary", decoder="topk",
+                             decode_k=5),
+    compat_flags=("compat_softmax_zeros",),
+    reference="urs-waldmann/improving-unsupervised-label-propagation _reported_configs/JHMDB-default "
+              "(affinity_topk 20, uvc+softmax, neighborhood_size 12, num_context 20, label_spread 0.5, "
+              "subpix, decode topk 5); x2 input as in their scale ablation",
+))
+_register(Preset(
+    name="crw-jhmdb",
+    description="CRW JHMDB protocol: overall top-10, softmax T=0.05, first frame + 7 previous, disk radius 12 not "
+                "on the first frame, Gaussian sigma 0.5 at the rounded cell, top-3 decoding.",
+    propagation=PropagationConfig(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05, context=7,
+                                  window="disk", radius=12, window_long_term=False),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res3", stride=8, short_side=320,
+                           reference_backbone="resnet18 (CRW pretrained.pth), 320x320 input"),
+    keypoints=KeypointConfig(sigma=0.5, kernel="gaussian", subpixel=False, background="binary", decoder="topk",
+                             decode_k=3, crw_compat=True),
+    compat_flags=("compat_pad_first",),
+    reference="ajabri/videowalk test.py --topk 10 --videoLen 7 --radius 12 --temperature 0.05 --cropSize 320 "
+              "(community JHMDB command); paper PCK@0.1/0.2 59.3/84.9",
 ))
 
 

@@ -200,6 +200,14 @@ class PropagationEngine:
             return torch.nan_to_num(e / e.sum(1, keepdim=True), nan=0.0)
         return torch.softmax(values / cfg.temperature, dim=1).nan_to_num(0.0)
 
+    def _leaky_softmax(self, values: torch.Tensor, total: int) -> torch.Tensor:
+        """WALD quirk: softmax over ``total`` candidates where all but the k survivors are 0 (weight exp(0))."""
+        z = values / self.cfg.temperature
+        m = torch.clamp(z.max(1, keepdim=True).values, min=0.0)
+        e = torch.exp(z - m)
+        zeros = (total - values.shape[1]) * torch.exp(-m)
+        return e / (e.sum(1, keepdim=True) + zeros)
+
     def _propagate(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
         cfg = self.cfg
         D, h, w = q.shape
@@ -211,17 +219,18 @@ class PropagationEngine:
         qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if need_tiles else None
         k = cfg.topk
         C = entries[0].labels.shape[0]
+        hw = h * w
         if cfg.aggregation == "per-frame":
             out = torch.zeros(h * w, C, dtype=q.dtype)
             for e in entries:
                 tk = self._frame_topk(q, qt, e, k, reduce)
-                wts = self._weights(tk.values, tk.stat)
+                wts = self._leaky_softmax(tk.values, hw) if cfg.compat_softmax_zeros else \
+                    self._weights(tk.values, tk.stat)
                 out += _gather_weighted(e.labels, tk.index, wts)
             out /= len(entries)
             return self._finish(out, h, w)
         # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
         per = [self._frame_topk(q, qt, e, k, reduce) for e in entries]
-        hw = h * w
         values = torch.cat([p.values for p in per], dim=1)
         index = torch.cat([p.index + i * hw for i, p in enumerate(per)], dim=1)
         stat = None
@@ -232,7 +241,10 @@ class PropagationEngine:
         if k > 0 and values.shape[1] > k:
             values, sel = torch.topk(values, k, dim=1)
             index = torch.gather(index, 1, sel)
-        wts = self._weights(values, stat)
+        if cfg.compat_softmax_zeros:
+            wts = self._leaky_softmax(values, total=len(entries) * hw)
+        else:
+            wts = self._weights(values, stat)
         labels = torch.cat([e.labels for e in entries], dim=1)  # [C, n*hw]
         out = _gather_weighted(labels, index, wts)
         return self._finish(out, h, w)

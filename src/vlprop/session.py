@@ -1,0 +1,261 @@
+"""The user-facing session: a video, labels on any frame for any object id, propagated masks out.
+
+:class:`Propagator` ties together a frame source, a backbone's feature extractor, the streaming
+:class:`~vlprop.propagation.engine.PropagationEngine` and the mask codec. Objects may be labelled on
+any frame (e.g. YouTube-VOS annotations where objects appear mid-video): every frame that brings labels
+starts an *object group* with its own context memory (its labelled frame as long-term reference, then
+its own predictions), following the DUL scheme; groups are merged per frame. Labelling an object again
+on a later frame moves it to the new group, so an object always propagates from its latest label.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from .config import Preset, get_preset
+from .errors import InputError
+from .geometry import GridGeometry
+from .io.masks import read_mask
+from .io.video import FrameSource, open_frames
+from .labels.masks import decode_probs, encode_mask, probs_to_mask
+from .propagation.engine import PropagationEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """One output frame: index, name, index mask ``[H, W]`` and grid probabilities ``[1+K, h, w]``."""
+
+    index: int
+    name: str
+    mask: np.ndarray
+    probs: torch.Tensor | None
+    object_ids: list[int]
+    annotated: bool = False
+    image: np.ndarray | None = None  # the RGB frame [H, W, 3] (for overlays); not kept after the step
+
+
+@dataclass
+class _Group:
+    start: int
+    ids: list[int]
+    engine: PropagationEngine
+    active: set[int] = field(default_factory=set)
+
+
+def resolve_weights(weights: str | Path | None) -> str | Path:
+    """``None``/``"default"`` -> the model shipped in the package if present, else seeded random init."""
+    if weights in (None, "default"):
+        shipped = Path(__file__).parent / "models" / "vlprop-dul-r18.pt"
+        if shipped.exists():
+            return shipped
+        log.warning("no shipped model found; using a seeded random-init backbone (weights='random')")
+        return "random"
+    return weights
+
+
+class Propagator:
+    """Propagate object masks through a video.
+
+    Example::
+
+        prop = Propagator(preset="dul", backbone="resnet18", weights="random")
+        for t, mask in prop.propagate("video.mp4", masks={0: "first.png"}):
+            ...  # mask: [H, W] uint8 object ids
+
+    Args:
+        preset: name of a preset (``vlprop presets``) or a :class:`~vlprop.config.Preset`.
+        backbone: registered backbone name (``resnet18``, ``resnet50``, ...).
+        weights: ``"default"`` (shipped model), ``"random"`` (seeded), ``"imagenet"`` or a checkpoint path.
+        layer, stride, input_scale, short_side: override the preset's feature settings.
+        compat: reproduce the reference's documented quirks (see the preset's ``compat_flags``).
+        void: mask value that marks "unknown" pixels (not background, not an object); None for none.
+        overrides: any propagation/label setting (``topk=5``, ``radius=8``, ...).
+    """
+
+    def __init__(self, preset: str | Preset = "dul", backbone: str = "resnet18", weights: Any = "default",
+                 device: str = "cpu", layer: str | None = None, stride: int | None = None,
+                 input_scale: float | None = None, short_side: int | None = None, compat: bool = False,
+                 seed: int = 0, batch_size: int = 4, autocast: bool = False, void: int | None = 255,
+                 extractor: Any = None, **overrides: Any):
+        self.preset = get_preset(preset, compat=compat, layer=layer, stride=stride, input_scale=input_scale,
+                                 short_side=short_side, **overrides)
+        self.void = void
+        if extractor is None:
+            from .backbones import FeatureExtractor, create_backbone
+
+            self.weights = resolve_weights(weights)
+            feats = self.preset.features
+            net = create_backbone(backbone, stride=feats.stride, layer=feats.layer, weights=self.weights, seed=seed)
+            extractor = FeatureExtractor(net, device=device, input_scale=feats.input_scale,
+                                         short_side=feats.short_side, batch_size=batch_size, autocast=autocast)
+        else:
+            self.weights = weights
+        self.extractor = extractor
+        self.backbone = backbone
+
+    # ----------------------------------------------------------------- labels
+    def _load_masks(self, masks: Mapping | None, annotations: str | Path | None,
+                    source: FrameSource) -> dict[int, np.ndarray]:
+        names = source.names()
+        by_name = {n: i for i, n in enumerate(names)}
+        out: dict[int, np.ndarray] = {}
+        if annotations is not None:
+            folder = Path(annotations)
+            if not folder.is_dir():
+                raise InputError(f"annotation folder not found: {folder}")
+            found = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png"}
+            for stem, path in found.items():
+                if stem in by_name:
+                    out[by_name[stem]] = read_mask(path, binary_255="auto")
+            if not out:
+                raise InputError(f"no PNG in {folder} is named after a frame (frames are named like "
+                                 f"{names[0]!r} ... {names[-1]!r}); annotation files must use the frame names")
+        for key, value in (masks or {}).items():
+            if isinstance(key, str) and not key.isdigit():
+                if key not in by_name:
+                    raise InputError(f"mask given for frame {key!r}, which is not a frame name of this video")
+                idx = by_name[key]
+            else:
+                idx = int(key)
+                if not 0 <= idx < len(names):
+                    raise InputError(f"mask given for frame {idx}, but the video has {len(names)} frames")
+            out[idx] = read_mask(value) if isinstance(value, (str, Path)) else np.asarray(value)
+        if not out:
+            raise InputError("no labels given: pass masks={frame: mask} or an annotations folder")
+        for idx, m in out.items():
+            if m.ndim != 2:
+                raise InputError(f"mask for frame {idx} must be a 2-D index mask [H, W], got shape {m.shape}")
+            if m.dtype != np.uint8:
+                if m.min() < 0 or m.max() > 255:
+                    raise InputError(f"mask for frame {idx}: object ids must be in 0..255")
+                out[idx] = m.astype(np.uint8)
+        return out
+
+    def _ids_in(self, mask: np.ndarray) -> list[int]:
+        vals = np.unique(mask)
+        return [int(v) for v in vals if v != 0 and (self.void is None or v != self.void)]
+
+    # ------------------------------------------------------------- propagate
+    def propagate(self, source: Any, masks: Mapping | None = None, annotations: str | Path | None = None,
+                  with_probs: bool = False) -> Iterator[tuple]:
+        """Yield ``(t, mask)`` (or ``(t, mask, probs)``) for every frame of ``source``.
+
+        ``masks`` maps frame index (or frame name) -> index mask array or PNG path; ``annotations`` is a
+        folder of PNGs named after the frames (only some frames need one). Frames before the first label
+        get an empty mask. Labelled frames return their given labels.
+        """
+        for r in self.run(source, masks=masks, annotations=annotations):
+            yield (r.index, r.mask, r.probs) if with_probs else (r.index, r.mask)
+
+    def run(self, source: Any, masks: Mapping | None = None,
+            annotations: str | Path | None = None) -> Iterator[FrameResult]:
+        """Like :meth:`propagate`, yielding :class:`FrameResult` records."""
+        src = open_frames(source)
+        given = self._load_masks(masks, annotations, src)
+        first = min(given)
+        groups: list[_Group] = []
+        all_ids: list[int] = []
+        geometry: GridGeometry | None = None
+        cfg = self.preset
+        for frames in _chunks(iter(src), self.extractor.batch_size):
+            need = [fr for fr in frames if fr.index >= first]
+            feats = self.extractor.extract_batch([fr.image for fr in need]) if need else None
+            fidx = {fr.index: j for j, fr in enumerate(need)}
+            for fr in frames:
+                if fr.index < first:
+                    yield FrameResult(fr.index, fr.name, np.zeros(fr.image.shape[:2], np.uint8), None, [],
+                                      image=fr.image)
+                    continue
+                f = feats[fidx[fr.index]]
+                if geometry is None:
+                    H, W = fr.image.shape[:2]
+                    geometry = self.extractor.geometry(H, W)
+                    if (geometry.grid_height, geometry.grid_width) != tuple(f.shape[1:]):
+                        raise RuntimeError(f"extractor geometry {geometry} does not match features {tuple(f.shape)}")
+                ann = given.get(fr.index)
+                if ann is not None and ann.shape != fr.image.shape[:2]:
+                    raise InputError(f"mask for frame {fr.index} ({fr.name}) is {ann.shape[1]}x{ann.shape[0]} but "
+                                     f"the frame is {fr.image.shape[1]}x{fr.image.shape[0]}")
+                preds = [(g, g.engine.predict(f)) for g in groups]
+                if ann is not None:
+                    ann_ids = self._ids_in(ann)
+                    for i in ann_ids:
+                        if i not in all_ids:
+                            all_ids.append(i)
+                    ann_labels = None
+                    if ann_ids:
+                        ann_labels = encode_mask(ann, ann_ids, geometry, mode=cfg.labels.downsample, void=self.void)
+                        covered = ann_labels[1:].sum(0).clamp(0, 1)
+                        for g, p in preds:  # the new labels win where they are
+                            g.active -= set(ann_ids)
+                            p[1:] *= (1 - covered)
+                            p[0] = 1 - p[1:].sum(0)
+                    for g, p in preds:
+                        g.engine.push(f, p)
+                    groups = [g for g in groups if g.active]
+                    if ann_ids:
+                        eng = PropagationEngine(cfg.propagation)
+                        eng.reset(f, ann_labels)
+                        groups.append(_Group(fr.index, ann_ids, eng, set(ann_ids)))
+                        preds = [(g, p) for g, p in preds if g.active] + [(groups[-1], ann_labels)]
+                    else:
+                        preds = [(g, p) for g, p in preds if g.active]
+                else:
+                    for g, p in preds:
+                        g.engine.push(f, p)
+                probs = _merge(preds, all_ids)
+                scores = decode_probs(probs, geometry, cfg.labels.output_minmax)
+                if ann is not None:  # given labels are exact: their objects are nowhere else
+                    ann_ids = self._ids_in(ann)
+                    for i in ann_ids:
+                        scores[1 + all_ids.index(i)] = float("-inf")
+                    mask = probs_to_mask(scores, all_ids)
+                    keep = np.isin(ann, ann_ids)
+                    mask = np.where(keep, ann, mask).astype(np.uint8)
+                else:
+                    mask = probs_to_mask(scores, all_ids)
+                yield FrameResult(fr.index, fr.name, mask, probs, list(all_ids), annotated=ann is not None,
+                                  image=fr.image)
+
+
+def _merge(preds: list[tuple[_Group, torch.Tensor]], all_ids: list[int]) -> torch.Tensor:
+    """Combine per-group predictions into ``[1 + K, h, w]`` over ``all_ids``.
+
+    Each object's score comes from the group that owns it; background is the product over groups of each
+    group's background (plus channels of objects it no longer owns). With one group this is exactly that
+    group's prediction.
+    """
+    if not preds:
+        raise RuntimeError("no object group to merge")
+    h, w = preds[0][1].shape[1:]
+    out = torch.zeros(1 + len(all_ids), h, w, dtype=preds[0][1].dtype)
+    bg = torch.ones(h, w, dtype=out.dtype)
+    col = {i: c for c, i in enumerate(all_ids, start=1)}
+    for g, p in preds:
+        gb = p[0].clone()
+        for c, i in enumerate(g.ids, start=1):
+            if i in g.active:
+                out[col[i]] = p[c]
+            else:
+                gb += p[c]
+        bg *= gb
+    out[0] = bg
+    return out
+
+
+def _chunks(it: Iterator, n: int) -> Iterator[list]:
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
