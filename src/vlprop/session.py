@@ -57,6 +57,10 @@ def resolve_weights(weights: str | Path | None) -> str | Path:
             return shipped
         log.warning("no shipped model found; using a seeded random-init backbone (weights='random')")
         return "random"
+    if isinstance(weights, (str, Path)) and Path(weights).is_dir():  # a training run directory
+        from .train import resolve_run_weights
+
+        return resolve_run_weights(weights)
     return weights
 
 
