@@ -1,0 +1,1 @@
+"""Self-supervised training objectives (one module per method)."""

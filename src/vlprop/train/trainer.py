@@ -1,0 +1,661 @@
+"""Self-supervised training loop: single process or ``torchrun`` data parallel, resumable exactly.
+
+Usage (Python)::
+
+    from vlprop.train import TrainConfig, Trainer
+    Trainer(TrainConfig(data="clips/", out="runs/dul", iters=2000, batch=8, crop=128)).fit()
+
+Command line (``train_main``; the ``vlprop`` CLI forwards ``vlprop train ...`` here)::
+
+    vlprop train dul --data DIR --out RUN_DIR [--iters N --batch B --frames T --crop C --lr LR
+                     --workers W --device cpu|cuda|auto --resume RUN_DIR_OR_CKPT --val-every K]
+    torchrun --nproc_per_node 2 -m vlprop.train dul --data DIR --out RUN_DIR ...
+
+Semantics:
+
+* ``--batch`` is the **global** batch (clips per optimiser step): split over ``accum`` micro-batches
+  and over ranks. ``R`` ranks compute the same loss and gradients as one process (anchors gathered
+  across ranks, BatchNorm statistics synchronised), up to floating-point summation order.
+* The run directory gets ``config.json``, ``holdout.txt``, ``train.csv``/``val.csv``, ``tb/``,
+  ``last.pt`` (resumable, vlprop format) and ``best.pt`` (best validation score).
+* Resuming (``--resume RUN_DIR`` or a ``.pt`` file) restores model, optimiser, scheduler, AMP scaler,
+  step and RNG states; clips are a pure function of (seed, sample number), so the resumed run
+  continues with the same losses as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from vlprop.errors import CheckpointError, InputError
+
+from . import checkpoint as ckpt
+from .augment import AugmentConfig
+from .data import ClipBatchSampler, ClipDataset, Discovery, build_loader, discover_videos, split_holdout
+from .distributed import (
+    DistInfo,
+    all_gather_object,
+    barrier,
+    convert_sync_batchnorm,
+    init_distributed,
+    mean_over_ranks,
+)
+from .logs import RunLog
+from .methods.dul import DUL, DULConfig, build_optimizer
+from .validation import HeldOutLossValidator, ValidationContext, Validator, make_validators, selection_score
+
+METHODS = ("dul",)
+_DDP_PARAMS = set(inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters)
+# Settings that may change when a run is resumed without changing what it computes.
+_RESUMABLE_OVERRIDES = {"iters", "workers", "device", "threads", "val_every", "ckpt_every", "log_every",
+                        "progress", "out", "data", "val_clips", "val_frames", "tensorboard"}
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run (saved as ``config.json`` and inside checkpoints)."""
+
+    data: str = ""
+    out: str = ""
+    method: str = "dul"
+    arch: str = "resnet18"
+    init: str = "random"             # backbone initialisation: random | imagenet | checkpoint path
+    iters: int = 20000
+    batch: int = 8                   # global clips per optimiser step
+    accum: int = 1                   # micro-batches per step (gradient accumulation)
+    frames: int = 5                  # T
+    gap: int = 5                     # DUL FRAME_GAP
+    shuffle_frames: bool = True
+    crop: int = 256
+    scale_min: int | None = None     # smallest-side range; default crop .. 1.25*crop
+    scale_max: int | None = None
+    random_crop: bool = True
+    zoom_min: float = 0.5            # view-B zoom s ~ U[zoom_min, 1]
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    beta1: float = 0.5
+    lr_schedule: str = "constant"    # constant | cosine | step
+    lr_step: int = 0                 # step schedule: multiply by lr_gamma every lr_step iterations
+    lr_gamma: float = 0.5
+    warmup: int = 0                  # linear warm-up iterations
+    key_dim: int = 128
+    tau: float = 0.05
+    grid: int = 8
+    grid_ref: int = 4
+    cross_weight: float = 0.1
+    workers: int = 2
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    amp: bool = True                 # mixed precision (CUDA only)
+    sync_bn: bool = True             # synchronise BatchNorm over ranks
+    threads: int | None = None
+    seed: int = 0
+    holdout: int | list[str] = 3
+    val_every: int = 0               # 0: no validation
+    val_clips: int = 16              # held-out loss: fixed clips
+    val_frames: int | None = 30      # label-propagation J&F: first frames of each held-out sequence
+    ckpt_every: int = 500
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+
+    def augment(self) -> AugmentConfig:
+        lo = self.scale_min if self.scale_min is not None else self.crop
+        hi = self.scale_max if self.scale_max is not None else max(lo, int(round(1.25 * self.crop)))
+        return AugmentConfig(crop=self.crop, smallest_range=(lo, hi), random_crop=self.random_crop,
+                             zoom_range=(self.zoom_min, 1.0) if self.zoom_min < 1 else None)
+
+    def dul(self) -> DULConfig:
+        return DULConfig(key_dim=self.key_dim, tau=self.tau, grid=self.grid, grid_ref=self.grid_ref,
+                         cross_weight=self.cross_weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            warnings.warn(f"ignoring unknown training settings {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown training method {self.method!r}; available: {', '.join(METHODS)}")
+        for name in ("iters", "batch", "accum", "frames", "gap"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.frames < 2:
+            raise InputError("DUL needs at least 2 frames per clip (--frames)")
+        if self.lr_schedule not in ("constant", "cosine", "step"):
+            raise InputError(f"unknown lr schedule {self.lr_schedule!r} (constant, cosine, step)")
+        if self.lr_schedule == "step" and self.lr_step < 1:
+            raise InputError("the step lr schedule needs --lr-step >= 1")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    values: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns: final step, per-step logged values, checkpoint paths."""
+
+    step: int
+    history: list[StepRecord] = field(default_factory=list)
+    last: Path | None = None
+    best: Path | None = None
+    best_score: float | None = None
+    skipped_videos: dict[str, int] = field(default_factory=dict)
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``i`` optimiser steps."""
+
+    def f(i: int) -> float:
+        warm = min(1.0, (i + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
+        if cfg.lr_schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(i, cfg.iters) / cfg.iters))
+        if cfg.lr_schedule == "step":
+            return warm * cfg.lr_gamma ** (i // cfg.lr_step)
+        return warm
+
+    return f
+
+
+def _pick_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise InputError(f"unsupported device {name!r} (cpu, cuda, cuda:N, auto)")
+    return dev
+
+
+def default_backbone(cfg: TrainConfig, weights: str | None = None) -> nn.Module:
+    """``create_backbone(arch, stride=8, layer="res4", weights=init, seed=seed)`` in train mode."""
+    try:
+        from vlprop.backbones import create_backbone
+    except ImportError as exc:
+        raise InputError(f"vlprop.backbones is not available ({exc})") from None
+    net = create_backbone(cfg.arch, stride=8, layer="res4", weights=weights or cfg.init, seed=cfg.seed)
+    return net.train()
+
+
+class Trainer:
+    """One training run. Build it on every rank (``torchrun``), then call :meth:`fit`.
+
+    ``backbone``: an ``nn.Module`` following the backbones contract (``stride``, ``out_dim``); default
+    :func:`default_backbone`. ``validators``: extra validation hooks (see :mod:`vlprop.train.validation`);
+    the held-out loss and the registered factories are always added when ``val_every > 0``.
+    ``callbacks``: called as ``cb(trainer, step, values)`` on rank 0 after each optimiser step.
+    ``resume``: a run directory or training checkpoint.
+    """
+
+    def __init__(self, config: TrainConfig | None = None, *, backbone: nn.Module | None = None,
+                 validators: Sequence[Validator] = (), callbacks: Sequence[Callable] = (),
+                 resume: str | os.PathLike | None = None):
+        state = None
+        if resume is not None:
+            path = ckpt.resolve_resume(resume)
+            state = ckpt.load_checkpoint(path)
+            if "training" not in state:
+                raise CheckpointError(f"{path} is a model checkpoint without training state; cannot resume")
+            given_out = config is not None and _is_explicit(config, "out")
+            config = _merge_resumed_config(state["training"]["config"], config)
+            if not given_out:
+                config.out = str(path.parent)  # the run directory may have moved
+        if config is None:
+            raise InputError("Trainer needs a TrainConfig or a checkpoint to resume")
+        config.validate()
+        self.cfg = cfg = config
+        if not cfg.out:
+            raise InputError("no output run directory given (--out)")
+        self.run_dir = Path(cfg.out)
+        if state is None and (self.run_dir / ckpt.LAST).exists():
+            raise InputError(f"{self.run_dir} already holds a run ({ckpt.LAST}); pass --resume {self.run_dir} "
+                             f"to continue it or choose another --out")
+
+        probe = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) \
+            else "cpu"
+        self.dist = init_distributed(probe)
+        self.device = _pick_device(cfg.device, self.dist)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        elif self.dist.distributed and self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.dist.world_size))
+        if cfg.batch % (cfg.accum * self.dist.world_size):
+            raise InputError(f"--batch {cfg.batch} must be divisible by accumulation steps x processes "
+                             f"({cfg.accum} x {self.dist.world_size})")
+
+        # ---- data
+        with warnings.catch_warnings():
+            if not self.dist.is_main:
+                warnings.simplefilter("ignore")
+            found: Discovery = discover_videos(cfg.data, min_frames=cfg.frames)
+        self.discovery_skipped = found.skipped
+        holdout = cfg.holdout if isinstance(cfg.holdout, int) else list(cfg.holdout)
+        if isinstance(holdout, int) and holdout >= len(found.entries):
+            warnings.warn(f"only {len(found.entries)} videos: no hold-out set")
+            holdout = 0
+        self.train_entries, self.holdout_entries = split_holdout(found.entries, holdout, seed=cfg.seed)
+        aug = cfg.augment()
+        self.dataset = ClipDataset(self.train_entries, frames=cfg.frames, gap=cfg.gap,
+                                   shuffle=cfg.shuffle_frames, augment=aug, seed=cfg.seed)
+
+        # ---- model and optimiser
+        self.method = DUL(cfg.dul())
+        torch.manual_seed(cfg.seed)  # head initialisation (identical on every rank)
+        if backbone is None:
+            # A resumed run overwrites the initial weights: do not re-read the --init file.
+            backbone = default_backbone(cfg, weights="random" if state is not None else None)
+        if cfg.crop % int(backbone.stride):
+            raise InputError(f"--crop {cfg.crop} must be a multiple of the backbone stride {backbone.stride}")
+        self.net = self.method.build(backbone)
+        if state is None:
+            self._init_head_from(cfg.init)
+        self.net.to(self.device)
+        self.optimizer = build_optimizer(self.net, cfg.lr, cfg.weight_decay, (cfg.beta1, 0.999))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.best_score: float | None = None
+        # Corrupt videos met while sampling, name -> times (this rank; rank 0 also holds the
+        # counts restored from a checkpoint). Discovery-time skips are the same on every rank.
+        self.skip_events: dict[str, int] = {}
+        if state is not None:
+            self._restore(state)
+
+        if self.dist.distributed:
+            if cfg.sync_bn:
+                convert_sync_batchnorm(self.net, self.device.type)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers (BN statistics) are identical on all ranks by construction (synchronised BN)
+            # or deliberately per rank (--no-sync-bn): never overwrite them with rank 0's.
+            sync_kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_PARAMS \
+                else {"broadcast_buffers": False}
+            self.model: nn.Module = nn.parallel.DistributedDataParallel(self.net, device_ids=ids, **sync_kw)
+        else:
+            self.model = self.net
+
+        self.validators: list[Validator] = list(validators)
+        if cfg.val_every > 0 and self.dist.is_main:
+            if self.holdout_entries:
+                val_ds = ClipDataset(self.holdout_entries, frames=cfg.frames, gap=cfg.gap,
+                                     shuffle=cfg.shuffle_frames, augment=dataclasses.replace(aug, random_crop=False),
+                                     seed=cfg.seed + 7919)
+                self.validators.insert(0, HeldOutLossValidator(self.method, val_ds, cfg.val_clips,
+                                                               max(1, cfg.batch // cfg.accum)))
+                self.validators += make_validators(self.holdout_entries, cfg.to_dict())
+            elif not self.validators:
+                warnings.warn("--val-every set but there are no held-out videos (--holdout 0): no validation")
+        self.callbacks = list(callbacks)
+        self.log: RunLog | None = None
+
+    # ------------------------------------------------------------------ state
+    def _init_head_from(self, init: str) -> None:
+        """Starting from a vlprop training checkpoint also restores its key head (the backbone was
+        loaded by ``create_backbone``); other weight files only initialise the backbone."""
+        if init in ("random", "imagenet") or not Path(init).is_file():
+            return
+        try:
+            obj = ckpt.load_checkpoint(init)
+        except CheckpointError:
+            return  # a reference (CRW/DUL/torchvision ...) checkpoint: backbone only
+        if obj.get("head"):
+            try:
+                self.net.head.load_state_dict(obj["head"])
+            except RuntimeError as exc:
+                raise CheckpointError(f"{init}: key head does not match --key-dim {self.cfg.key_dim}: {exc}") from None
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        tr = state["training"]
+        ckpt.load_model_weights(self.net, state, source="resume checkpoint")
+        try:
+            self.optimizer.load_state_dict(tr["optimizer"])
+            self.scheduler.load_state_dict(tr["scheduler"])
+            if tr.get("scaler"):
+                self.scaler.load_state_dict(tr["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"resume checkpoint: optimiser state does not match the model: {exc}") from None
+        self.step = int(tr["step"])
+        self.best_score = tr.get("best_score")
+        if self.dist.is_main:
+            self.skip_events.update(tr.get("skip_events", {}))
+        rng = tr.get("rng") or []
+        if len(rng) == self.dist.world_size:
+            ckpt.restore_rng_state(rng[self.dist.rank])
+        else:
+            warnings.warn(f"checkpoint holds RNG states of {len(rng)} processes, this run has "
+                          f"{self.dist.world_size}; RNG states not restored (clip sampling is unaffected)")
+
+    def _meta(self, **extra: Any) -> dict[str, Any]:
+        return ckpt.training_meta(self.cfg.method, self.step, self.cfg.to_dict(),
+                                  holdout=[e.name for e in self.holdout_entries], **extra)
+
+    def save(self) -> Path:
+        """Write ``last.pt`` (all ranks must call it: RNG states are gathered)."""
+        rng = all_gather_object(ckpt.capture_rng_state())
+        gathered_events = all_gather_object(dict(self.skip_events))
+        path = self.run_dir / ckpt.LAST
+        if self.dist.is_main:
+            obj = ckpt.model_checkpoint(self.net, self._meta())
+            obj["training"] = {
+                "step": self.step,
+                "config": self.cfg.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.use_amp else {},
+                "rng": rng,
+                "best_score": self.best_score,
+                "skip_events": self.total_skip_events(gathered_events),
+                "world_size": self.dist.world_size,
+            }
+            ckpt.save_checkpoint(path, obj)
+        barrier()
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def _to_device(self, batch: dict) -> dict:
+        nb = self.device.type == "cuda"
+        return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _note_skipped(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.skip_events[name] = self.skip_events.get(name, 0) + 1
+
+    @staticmethod
+    def total_skip_events(per_rank: Sequence[Mapping[str, int]]) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for d in per_rank:
+            for k, v in d.items():
+                total[k] = total.get(k, 0) + int(v)
+        return total
+
+    def _write_run_files(self) -> None:
+        from vlprop.io.files import atomic_write_text
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(self.run_dir / "holdout.txt", "".join(e.name + "\n" for e in self.holdout_entries))
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimiser step over ``accum`` micro-batches drawn from the iterator ``batches``."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for m in range(cfg.accum):
+            batch = next(batches)
+            self._note_skipped(batch.get("skipped", ()))
+            batch = self._to_device(batch)
+            sync = contextlib.nullcontext()
+            if self.dist.distributed and m < cfg.accum - 1:
+                sync = self.model.no_sync()
+            with sync, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                out = self.method.loss(self.model, batch)
+                loss = out["loss"] / cfg.accum
+            if not self.use_amp and not torch.isfinite(out["loss"]):
+                raise FloatingPointError(f"non-finite training loss at step {self.step + 1}: {float(out['loss'])}")
+            self.scaler.scale(loss).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / cfg.accum
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step used
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        keys = sorted(sums)
+        local = torch.stack([sums[k] for k in keys] + [torch.tensor(float(sum(self.skip_events.values())))])
+        values = mean_over_ranks(local)
+        out = {k: float(v) for k, v in zip(keys, values[:-1])}
+        out["lr"] = lr
+        # skipped = discovery-time skips + corrupt-video events of all ranks so far
+        out["skipped"] = float(len(self.discovery_skipped)) + round(float(values[-1]) * self.dist.world_size)
+        return out
+
+    def validate(self) -> dict[str, float]:
+        """Run the validators on rank 0 (other ranks wait); returns the merged metrics."""
+        metrics: dict[str, float] = {}
+        if self.dist.is_main and self.validators:
+            self.net.eval()
+            ctx = ValidationContext(step=self.step, net=self.net, device=self.device,
+                                    holdout=self.holdout_entries, run_dir=self.run_dir, config=self.cfg.to_dict())
+            for v in self.validators:
+                metrics.update({k: float(x) for k, x in v(ctx).items()})
+            self.net.train()
+        barrier()
+        return metrics
+
+    def _after_validation(self, metrics: Mapping[str, float]) -> Path | None:
+        score = selection_score(metrics)
+        if score is None or not self.dist.is_main:
+            return None
+        if self.best_score is None or score > self.best_score:
+            self.best_score = score
+            path = self.run_dir / ckpt.BEST
+            ckpt.save_checkpoint(path, ckpt.model_checkpoint(self.net, self._meta(val=dict(metrics), score=score)))
+            return path
+        return None
+
+    def fit(self) -> TrainResult:
+        """Train from the current step to ``cfg.iters``; returns the logged history and checkpoints."""
+        cfg = self.cfg
+        result = TrainResult(step=self.step)
+        main = self.dist.is_main
+        if main:
+            self._write_run_files()
+            self.log = RunLog(self.run_dir, tensorboard=cfg.tensorboard)
+            self.log.resume_at(self.step)
+            if self.discovery_skipped:
+                print(f"[vlprop train] skipped {len(self.discovery_skipped)} unusable videos: "
+                      f"{', '.join(n for n, _ in self.discovery_skipped[:10])}", file=sys.stderr)
+        barrier()
+        sampler = ClipBatchSampler(len(self.dataset), cfg.batch, cfg.iters, start_step=self.step, seed=cfg.seed,
+                                   rank=self.dist.rank, world_size=self.dist.world_size, accum=cfg.accum)
+        loader = build_loader(self.dataset, sampler, workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        batches = iter(loader)
+        pbar = None
+        if main and cfg.progress:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=cfg.iters, initial=self.step, desc=f"train {cfg.method}", unit="it",
+                        dynamic_ncols=True)
+        clips_per_step = cfg.batch
+        t_last = time.perf_counter()
+        try:
+            while self.step < cfg.iters:
+                values = self.train_step(batches)
+                now = time.perf_counter()
+                dt, t_last = now - t_last, now
+                values["sec_per_iter"] = dt
+                values["clips_per_sec"] = clips_per_step / dt if dt > 0 else float("nan")
+                if main:
+                    result.history.append(StepRecord(self.step, dict(values)))
+                    if self.step % cfg.log_every == 0 or self.step == cfg.iters:
+                        self.log.log_train(self.step, values)
+                    if pbar is not None:
+                        pbar.update(1)
+                        pbar.set_postfix(loss=f"{values['loss']:.4f}", temp=f"{values['temp']:.3f}",
+                                         cross=f"{values['cross']:.3f}")
+                    for cb in self.callbacks:
+                        cb(self, self.step, values)
+                if cfg.val_every > 0 and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
+                    metrics = self.validate()
+                    if main and metrics:
+                        self.log.log_val(self.step, metrics)
+                        best = self._after_validation(metrics)
+                        result.best = best or result.best
+                    t_last = time.perf_counter()  # validation time is not training time
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.iters:
+                    result.last = self.save()
+                    t_last = time.perf_counter()
+        finally:
+            if pbar is not None:
+                pbar.close()
+            if self.log is not None:
+                self.log.close()
+            del batches, loader
+        result.step = self.step
+        result.best_score = self.best_score
+        events = self.total_skip_events(all_gather_object(dict(self.skip_events)))
+        result.skipped_videos = {**{n: 1 for n, _ in self.discovery_skipped}, **events}
+        if main and (self.run_dir / ckpt.BEST).exists():
+            result.best = self.run_dir / ckpt.BEST
+        if main and events:
+            print(f"[vlprop train] corrupt videos skipped while sampling (name: times): "
+                  f"{', '.join(f'{k}: {v}' for k, v in sorted(events.items()))}", file=sys.stderr)
+        return result
+
+
+def _is_explicit(cfg: TrainConfig, name: str) -> bool:
+    """Was ``name`` set by the user? (CLI: given on the command line; API: differs from the default.)"""
+    explicit = getattr(cfg, "_explicit", None)
+    if explicit is not None:
+        return name in explicit
+    return getattr(cfg, name) != getattr(TrainConfig(), name)
+
+
+def _merge_resumed_config(saved: Mapping[str, Any], given: TrainConfig | None) -> TrainConfig:
+    """Saved configuration, with the explicitly given settings that do not change the computation."""
+    cfg = TrainConfig.from_dict(saved)
+    if given is None:
+        return cfg
+    for f in dataclasses.fields(TrainConfig):
+        new = getattr(given, f.name)
+        if not _is_explicit(given, f.name) or new == getattr(cfg, f.name):
+            continue
+        if f.name not in _RESUMABLE_OVERRIDES:
+            warnings.warn(f"resuming with {f.name}={new!r} instead of the saved {getattr(cfg, f.name)!r}: "
+                          f"the continued run will differ from an uninterrupted one")
+        setattr(cfg, f.name, new)
+    return cfg
+
+
+# ---------------------------------------------------------------------- command line
+def build_parser(prog: str = "vlprop train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Self-supervised training of dense correspondence features.",
+                                argument_default=argparse.SUPPRESS)
+    add_train_arguments(p)
+    return p
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``vlprop train`` arguments. Options default to SUPPRESS (absent from the namespace unless
+    given) so a resumed run can tell the user's explicit settings from its saved ones."""
+    d = TrainConfig()
+    S = argparse.SUPPRESS
+    p.add_argument("method", choices=METHODS, help="training method")
+    p.add_argument("--data", default=S, help="training videos: frame folders, DAVIS/YouTube-VOS root, or video files")
+    p.add_argument("--out", default=S, help="run directory (checkpoints, logs)")
+    p.add_argument("--resume", default=S, help="continue a run: its directory or a last.pt checkpoint")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--iters", default=S, type=int, help=f"optimiser steps (default {d.iters})")
+    g.add_argument("--batch", default=S, type=int, help=f"global clips per step (default {d.batch})")
+    g.add_argument("--accum", default=S, type=int, help="gradient-accumulation micro-batches per step (default 1)")
+    g.add_argument("--lr", default=S, type=float, help=f"base learning rate (default {d.lr})")
+    g.add_argument("--weight-decay", default=S, dest="weight_decay", type=float, help=f"(default {d.weight_decay})")
+    g.add_argument("--lr-schedule", default=S, dest="lr_schedule", choices=("constant", "cosine", "step"))
+    g.add_argument("--lr-step", default=S, dest="lr_step", type=int)
+    g.add_argument("--lr-gamma", default=S, dest="lr_gamma", type=float)
+    g.add_argument("--warmup", default=S, type=int, help="linear warm-up steps (default 0)")
+    g = p.add_argument_group("clips")
+    g.add_argument("--frames", default=S, type=int, help=f"frames per clip T (default {d.frames})")
+    g.add_argument("--gap", default=S, type=int, help=f"DUL frame gap (default {d.gap})")
+    g.add_argument("--no-shuffle-frames", default=S, dest="shuffle_frames", action="store_false",
+                   help="keep temporal order (reference = first frame)")
+    g.add_argument("--crop", default=S, type=int, help=f"square crop size in pixels (default {d.crop})")
+    g.add_argument("--scale-min", default=S, dest="scale_min", type=int,
+                   help="smallest-side range for the clip rescale (default crop .. 1.25*crop)")
+    g.add_argument("--scale-max", default=S, dest="scale_max", type=int)
+    g.add_argument("--center-crop", default=S, dest="random_crop", action="store_false")
+    g.add_argument("--zoom-min", default=S, dest="zoom_min", type=float,
+                   help=f"view-B zoom lower bound (default {d.zoom_min})")
+    g.add_argument("--holdout", default=S, type=int, help=f"videos held out for validation (default {d.holdout})")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=S, help=f"backbone (default {d.arch})")
+    g.add_argument("--init", default=S,
+                   help="backbone initialisation: random, imagenet or a checkpoint (default random)")
+    g.add_argument("--key-dim", default=S, dest="key_dim", type=int)
+    g.add_argument("--tau", default=S, type=float)
+    g.add_argument("--grid", default=S, type=int, help="anchor grid N (default 8)")
+    g.add_argument("--grid-ref", default=S, dest="grid_ref", type=int, help="cross-view grid M (default 4)")
+    g.add_argument("--cross-weight", default=S, dest="cross_weight", type=float, help="lambda (default 0.1)")
+    g = p.add_argument_group("system")
+    g.add_argument("--workers", default=S, type=int, help=f"data loader processes (default {d.workers})")
+    g.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--threads", default=S, type=int, help="torch intra-op threads")
+    g.add_argument("--no-amp", default=S, dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    g.add_argument("--no-sync-bn", default=S, dest="sync_bn", action="store_false")
+    g.add_argument("--seed", default=S, type=int)
+    g.add_argument("--val-every", default=S, dest="val_every", type=int,
+                   help="validate every K steps (default 0: never)")
+    g.add_argument("--val-clips", default=S, dest="val_clips", type=int,
+                   help="held-out clips for the validation loss (16)")
+    g.add_argument("--val-frames", default=S, dest="val_frames", type=int,
+                   help="frames per held-out sequence for label-propagation J&F (30)")
+    g.add_argument("--ckpt-every", default=S, dest="ckpt_every", type=int, help=f"(default {d.ckpt_every})")
+    g.add_argument("--log-every", default=S, dest="log_every", type=int, help=f"(default {d.log_every})")
+    g.add_argument("--no-progress", default=S, dest="progress", action="store_false")
+    g.add_argument("--no-tensorboard", default=S, dest="tensorboard", action="store_false")
+
+
+def config_from_namespace(ns: Mapping[str, Any]) -> tuple[TrainConfig, str | None]:
+    """Config (+ resume path) from parsed ``vlprop train`` arguments; keys that are not training
+    settings (e.g. the main CLI's ``func``/``verbose``) are ignored."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in ns.items() if k in names}
+    resume = ns.get("resume")
+    if resume is None and ("data" not in given or "out" not in given):
+        raise InputError("vlprop train needs --data and --out (or --resume RUN_DIR)")
+    cfg = TrainConfig(**given)
+    cfg._explicit = set(given)  # type: ignore[attr-defined]  # which settings the user gave
+    return cfg, resume
+
+
+def config_from_args(argv: Sequence[str]) -> tuple[TrainConfig, str | None]:
+    """Parse ``train_main`` arguments into a config (+ the resume path)."""
+    return config_from_namespace(vars(build_parser().parse_args(list(argv))))
+
+
+def run_training(cfg: TrainConfig, resume: str | None = None) -> int:
+    """Train, then print a one-line summary on rank 0 (shared by ``train_main`` and the ``vlprop`` CLI)."""
+    trainer = Trainer(cfg, resume=resume)
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        last = result.history[-1].values if result.history else {}
+        msg = f"[vlprop train] finished at step {result.step}"
+        if last:
+            msg += f", loss {last['loss']:.4f}"
+        print(f"{msg}; checkpoint {trainer.run_dir / ckpt.LAST}"
+              + (f", best {result.best}" if result.best else ""), file=sys.stderr)
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``vlprop train <method> ...`` entry point (also ``python -m vlprop.train`` / ``torchrun -m vlprop.train``)."""
+    cfg, resume = config_from_args(sys.argv[1:] if argv is None else argv)
+    return run_training(cfg, resume)
