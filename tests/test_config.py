@@ -1,0 +1,69 @@
+"""Each preset's settings are those of the reference it names (values from the spec tables)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vlprop.config import PRESETS, get_preset
+from vlprop.errors import InputError
+
+# (preset, expected propagation settings) from ../shared/specs/reference-implementations.md §1.2, §2.1, §3.1, §5
+EXPECTED = {
+    "crw": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05, context=20, long_term=1,
+                window="disk", radius=12, window_long_term=False, feature_norm=True, norm_stage="topk"),
+    "dul": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05, context=20, long_term=1,
+                window="disk", radius=12, window_long_term=False, feature_norm=True),
+    "dino": dict(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=7, window="square",
+                 radius=12, window_long_term=True, feature_norm=True),
+    "waldmann-davis": dict(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=20,
+                           window="square", radius=12, window_long_term=True),
+    "mckee-imagenet": dict(aggregation="overall", topk=5, normalizer="softmax", temperature=1.0, context=20,
+                           window="disk", radius=12, window_long_term=False, feature_norm=True),
+    "uvc-perframe": dict(aggregation="per-frame", topk=5, temperature=1.0, context=7,
+                         norm_stage="before-restriction", window="none", feature_norm=False),
+    "waldmann-jhmdb": dict(aggregation="overall", topk=20, normalizer="softmax", context=20, window="square",
+                           radius=12, window_long_term=True),
+    "crw-jhmdb": dict(aggregation="overall", topk=10, temperature=0.05, context=7, window="disk", radius=12,
+                      window_long_term=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_settings_match_the_reference(name):
+    cfg = PRESETS[name].propagation
+    for key, value in EXPECTED[name].items():
+        assert getattr(cfg, key) == value, (name, key)
+
+
+def test_feature_and_label_settings_of_the_references():
+    assert PRESETS["crw"].features.layer == "res3" and PRESETS["dul"].features.layer == "res4"
+    assert PRESETS["mckee-imagenet"].features.input_scale == 2.0
+    assert PRESETS["dino"].labels.output_minmax and PRESETS["waldmann-davis"].labels.output_minmax
+    assert math.isclose(PRESETS["waldmann-jhmdb"].propagation.temperature, 1 / math.sqrt(512))  # UVC 22.63*cos
+    kp = PRESETS["waldmann-jhmdb"].keypoints
+    assert (kp.sigma, kp.subpixel, kp.decoder, kp.decode_k) == (0.5, True, "topk", 5)
+    assert PRESETS["waldmann-jhmdb"].features.input_scale == 2.0
+    kp = PRESETS["crw-jhmdb"].keypoints
+    assert (kp.subpixel, kp.decode_k) == (False, 3)
+
+
+def test_every_preset_is_tested():
+    assert set(PRESETS) == set(EXPECTED)
+
+
+def test_compat_switches_on_only_the_documented_quirks():
+    assert not PRESETS["crw"].propagation.compat_pad_first
+    assert get_preset("crw", compat=True).propagation.compat_pad_first
+    assert get_preset("waldmann-davis", compat=True).propagation.compat_mask_before_exp
+    assert get_preset("waldmann-jhmdb", compat=True).propagation.compat_softmax_zeros
+    assert get_preset("dino", compat=True) == PRESETS["dino"]  # no quirks needed for DINO's protocol
+
+
+def test_overrides_reach_the_right_config_and_bad_values_are_rejected():
+    p = get_preset("crw", topk=5, layer="res4", output_minmax=True)
+    assert p.propagation.topk == 5 and p.features.layer == "res4" and p.labels.output_minmax
+    with pytest.raises(InputError, match="window"):
+        get_preset("crw", window="circle")
+    with pytest.raises(InputError, match="temperature"):
+        get_preset("crw", temperature=0)
