@@ -1,0 +1,148 @@
+"""``vlprop eval``: benchmark a propagator on a VOS dataset (``vos``) or score saved predictions (``score``).
+
+Hooked into the ``vlprop`` command by :func:`vlprop.cli._add_optional_commands`, which calls
+:func:`add_eval_commands` with the shared model-argument helper.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from vlprop.errors import InputError
+
+DIST_TIMEOUT_MIN = 24 * 60.0
+
+
+def add_eval_commands(sub, add_model_args: Callable[[argparse.ArgumentParser], None],
+                      make_propagator: Callable[..., Any] | None = None) -> None:
+    """Register ``vlprop eval vos`` and ``vlprop eval score``.
+
+    ``make_propagator`` (the CLI's builder) is accepted for the hook's signature but not called: the
+    runner builds propagators from a picklable :class:`~vlprop.eval.runner.ModelSpec` holding the same
+    model arguments, because worker processes must rebuild them from plain values.
+    """
+    from vlprop.eval.runner import DATASETS
+
+    p = sub.add_parser("eval", help="evaluate on a VOS benchmark (vos) or score saved predictions (score)",
+                       description="Benchmark evaluation: `vlprop eval vos` propagates a dataset's labels, writes "
+                                   "the submission PNGs and scores them; `vlprop eval score` scores a folder of "
+                                   "predictions like the official DAVIS script.")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+
+    v = esub.add_parser(
+        "vos", help="propagate every sequence of a VOS dataset, write <out>/<seq>/<frame>.png and score them",
+        description="Propagate the first-frame labels (DAVIS, SegTrackV2) or each object's first annotation "
+                    "(YouTube-VOS, folder) through every sequence, write palette PNGs in the submission layout "
+                    "<out>/<seq>/<frame>.png, score the sequences with ground truth (semi-supervised DAVIS "
+                    "protocol) and write global_results.csv, per-sequence_results.csv, results.md, results.json "
+                    "and protocol.json. Finished sequences are skipped on a rerun. Under torchrun the sequences "
+                    "are sharded over the ranks and rank 0 scores.")
+    v.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset layout")
+    v.add_argument("--root", required=True, help="dataset folder (YouTube-VOS: the dataset or the split folder)")
+    v.add_argument("--split", default=None,
+                   help="split list name or .txt file (davis2016/2017: val, segtrackv2: all, ytvos: train|valid; "
+                        "default: the reader's default, every sequence for ytvos/folder)")
+    v.add_argument("--out", required=True, help="output folder (predictions, result tables, protocol)")
+    v.add_argument("--workers", type=int, default=1,
+                   help="processes propagating sequences in parallel, each with cores/workers torch threads "
+                        "(default 1)")
+    v.add_argument("--sequences", default=None, help="comma-separated subset of sequence names")
+    v.add_argument("--max-frames", type=int, default=None, help="only the first N frames of every sequence")
+    v.add_argument("--force", action="store_true",
+                   help="recompute sequences finished with other settings in --out (otherwise refused)")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    v.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_MIN,
+                   help=f"torchrun runs: minutes a rank waits for the others (default {DIST_TIMEOUT_MIN:g})")
+    add_model_args(v)
+    v.set_defaults(func=cmd_eval_vos)
+
+    s = esub.add_parser(
+        "score", help="score <pred>/<seq>/<frame>.png against <gt>/<seq>/<frame>.png (official DAVIS numbers)",
+        description="Drop-in replacement for the official DAVIS 2017 evaluation script: J and F per object, "
+                    "global J&F table; semi-supervised or unsupervised task.")
+    s.add_argument("--pred", required=True, help="folder of <seq>/<frame>.png predictions")
+    s.add_argument("--gt", required=True, help="folder of <seq>/<frame>.png ground truth (or a DAVIS root)")
+    s.add_argument("--task", default="semi", choices=["semi", "semi-supervised", "unsupervised"],
+                   help="semi (first/last frame not scored) or unsupervised (Hungarian matching); default semi")
+    s.add_argument("--out", default=None, help="write global_results.csv, per-sequence_results.csv, results.md, "
+                                               "results.json here")
+    s.add_argument("--workers", type=int, default=1, help="scoring processes (default 1)")
+    s.add_argument("--sequences", default=None, help="comma-separated subset, or a list file (default: every GT "
+                                                     "sequence folder)")
+    s.set_defaults(func=cmd_eval_score)
+
+
+def _model_spec(args: argparse.Namespace):
+    from vlprop import cli as vlprop_cli
+    from vlprop.eval.runner import ModelSpec
+
+    overrides = vlprop_cli._parse_sets(args.set)
+    return ModelSpec(preset=args.preset, backbone=args.backbone, weights=args.weights, layer=args.layer,
+                     input_scale=args.input_scale, short_side=args.short_side, device=args.device,
+                     seed=args.seed, compat=args.compat, overrides=tuple(sorted(overrides.items())))
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"--sequences {text!r} names no sequence")
+    return names
+
+
+def cmd_eval_vos(args: argparse.Namespace) -> int:
+    from vlprop.eval.distributed import init_ranks, shutdown
+    from vlprop.eval.runner import evaluate_vos, global_table
+
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {args.max_frames}")
+    spec = _model_spec(args)
+    ranks = init_ranks(timeout_s=args.dist_timeout * 60.0)
+    try:
+        run = evaluate_vos(args.dataset, args.root, args.out, spec, split=args.split,
+                           sequences=_names(args.sequences), max_frames=args.max_frames, workers=args.workers,
+                           force=args.force, quiet=args.quiet, ranks=ranks, command=["vlprop"] + sys.argv[1:])
+    finally:
+        shutdown(ranks)
+    if not ranks.is_main:
+        return 0
+    proto = run.protocol or {}
+    tot = proto.get("total", {})
+    print(f"{len(run.sequences)} sequences in {run.out_dir}: {len(run.computed)} propagated"
+          + (f" by {ranks.world_size} ranks" if ranks.distributed else "")
+          + (f", {len(run.resumed)} already finished" if run.resumed else ""))
+    print(f"preset {proto['preset']['name']}, backbone {proto['backbone']}, weights {proto['weights']['description']}"
+          f"; {tot.get('frames')} frames, {tot.get('propagation_s'):.1f} s propagation "
+          f"({tot.get('fps'):.2f} frames/s)")
+    if run.results is None:
+        print("no ground truth beyond the given labels: predictions written, nothing scored")
+    else:
+        print(f"semi-supervised: {len(run.results.sequences)} sequences, {len(run.results.objects)} objects")
+        print(global_table(run.results.global_metrics()))
+    for kind, path in run.files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_eval_score(args: argparse.Namespace) -> int:
+    from vlprop.eval.runner import global_table
+    from vlprop.eval.score import main_score
+
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    sequences: Any = None
+    if args.sequences is not None:
+        sequences = args.sequences if Path(args.sequences).is_file() else _names(args.sequences)
+    summary = main_score(args.pred, args.gt, task=args.task, out=args.out, workers=args.workers,
+                         sequences=sequences)
+    task = "semi-supervised" if summary["task"] == "semi" else "unsupervised"
+    print(f"{task}: {summary['num_sequences']} sequences, {summary['num_objects']} objects")
+    print(global_table(summary["global"]))
+    for kind, path in summary.get("files", {}).items():
+        print(f"{kind}: {path}")
+    return 0
