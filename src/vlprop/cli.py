@@ -25,7 +25,7 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -33,6 +33,9 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip().replace("-", "_")] = _parse_value(v.strip())
     return out
+
+
+_parse_sets = parse_sets  # older name, still used by vlprop.tasks.pose
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_preset: str = "dul") -> None:
@@ -54,11 +57,9 @@ def _add_model_args(p: argparse.ArgumentParser, default_preset: str = "dul") -> 
 
 
 def _make_propagator(args: argparse.Namespace, void: int | None = 255):
-    from .session import Propagator
+    from .eval.runner import ModelSpec
 
-    return Propagator(preset=args.preset, backbone=args.backbone, weights=args.weights, device=args.device,
-                      layer=args.layer, input_scale=args.input_scale, short_side=args.short_side,
-                      compat=args.compat, seed=args.seed, void=void, **_parse_sets(args.set))
+    return ModelSpec.from_args(args).build(void=void)
 
 
 def _prepare_out(out: Path, force: bool) -> None:

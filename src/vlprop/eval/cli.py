@@ -75,13 +75,9 @@ def add_eval_commands(sub, add_model_args: Callable[[argparse.ArgumentParser], N
 
 
 def _model_spec(args: argparse.Namespace):
-    from vlprop import cli as vlprop_cli
     from vlprop.eval.runner import ModelSpec
 
-    overrides = vlprop_cli._parse_sets(args.set)
-    return ModelSpec(preset=args.preset, backbone=args.backbone, weights=args.weights, layer=args.layer,
-                     input_scale=args.input_scale, short_side=args.short_side, device=args.device,
-                     seed=args.seed, compat=args.compat, overrides=tuple(sorted(overrides.items())))
+    return ModelSpec.from_args(args)
 
 
 def _names(text: str | None) -> list[str] | None:

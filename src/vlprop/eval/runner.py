@@ -154,13 +154,23 @@ class ModelSpec:
 
         return resolve_weights(self.weights)
 
-    def build(self):
-        """A :class:`~vlprop.session.Propagator` (void = 255, as in DAVIS / YouTube-VOS annotations)."""
+    @classmethod
+    def from_args(cls, args: Any) -> "ModelSpec":
+        """From the parsed ``vlprop`` model arguments (``--preset ... --set KEY=VALUE``)."""
+        from vlprop.cli import parse_sets
+
+        overrides = parse_sets(args.set)
+        return cls(preset=args.preset, backbone=args.backbone, weights=args.weights, layer=args.layer,
+                   input_scale=args.input_scale, short_side=args.short_side, device=args.device,
+                   seed=args.seed, compat=args.compat, overrides=tuple(sorted(overrides.items())))
+
+    def build(self, void: int | None = VOID_LABEL):
+        """A :class:`~vlprop.session.Propagator` (void = 255 by default, as in DAVIS / YouTube-VOS)."""
         from vlprop.session import Propagator
 
         return Propagator(preset=self.preset, backbone=self.backbone, weights=self.resolved_weights(),
                           device=self.device, layer=self.layer, input_scale=self.input_scale,
-                          short_side=self.short_side, compat=self.compat, seed=self.seed, void=VOID_LABEL,
+                          short_side=self.short_side, compat=self.compat, seed=self.seed, void=void,
                           **dict(self.overrides))
 
     def weights_record(self) -> dict[str, Any]:
