@@ -215,10 +215,10 @@ def _init_worker() -> None:
 def _run_jobs(jobs: list[_Job], workers: int) -> list[SequenceScores]:
     if workers <= 1 or len(jobs) <= 1:
         return [_score_job(j) for j in jobs]
-    # fork where the platform has it: spawn would force every calling script to guard its entry point with
-    # `if __name__ == "__main__"`. The workers only use numpy/PIL/cv2 and switch cv2's thread pool off.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # spawn, never fork: a child forked from a process whose OpenCV or torch/OpenMP thread pools have run
+    # deadlocks (seen here: cv2.setNumThreads hung in the forked worker). Scripts that call this with
+    # workers > 1 need the usual `if __name__ == "__main__":` guard, as for any spawn-based pool.
+    ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
         return list(pool.map(_score_job, jobs))
 
