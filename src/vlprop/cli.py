@@ -35,11 +35,11 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-_parse_sets = parse_sets  # older name, still used by vlprop.tasks.pose
 
 
-def _add_model_args(p: argparse.ArgumentParser, default_preset: str = "dul") -> None:
-    p.add_argument("--preset", default=default_preset, help=f"propagation preset (default {default_preset}; "
+def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = "dul") -> None:
+    shown = default_preset or "dul for masks, waldmann-jhmdb for --keypoints"
+    p.add_argument("--preset", default=default_preset, help=f"propagation preset (default {shown}; "
                                                             "see `vlprop presets`)")
     p.add_argument("--backbone", default="resnet18", help="backbone name (default resnet18)")
     p.add_argument("--weights", default="default",
@@ -80,8 +80,16 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     from .io.render import VideoWriter
     from .io.video import open_frames
 
+    if getattr(args, "keypoints", None):
+        if args.mask is not None or args.annotations is not None:
+            raise InputError("give either --keypoints or --mask/--annotations, not both")
+        from .tasks.pose import run_keypoint_propagate
+
+        return run_keypoint_propagate(args)
     if (args.mask is None) == (args.annotations is None):
-        raise InputError("give exactly one of --mask FIRST.png or --annotations DIR")
+        raise InputError("give exactly one of --mask FIRST.png, --annotations DIR or --keypoints FIRST.json")
+    if args.preset is None:
+        args.preset = "dul"
     src = open_frames(args.source)
     out = Path(args.out)
     _prepare_out(out, args.force)
@@ -195,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("propagate", help="propagate first-frame masks through a video")
+    p = sub.add_parser("propagate", help="propagate first-frame masks (or keypoints) through a video")
     p.add_argument("source", help="a folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
     p.add_argument("--mask", help="index-mask PNG of the labelled frame (palette/L/0-255)")
     p.add_argument("--mask-frame", default=0, type=lambda s: int(s) if s.isdigit() else s,
@@ -211,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-void", action="store_true", help="treat every non-zero value as an object id")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p)
+    _add_model_args(p, default_preset=None)
+    _add_keypoint_options(p)
     p.set_defaults(func=cmd_propagate)
 
     p = sub.add_parser("presets", help="list the propagation presets and their settings")
@@ -231,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_optional_commands(sub)
     return ap
+
+
+def _add_keypoint_options(p: argparse.ArgumentParser) -> None:
+    try:
+        from .tasks.pose import add_keypoint_arguments
+    except ImportError:
+        return
+    add_keypoint_arguments(p)
 
 
 def _add_optional_commands(sub) -> None:

@@ -58,6 +58,13 @@ def add_eval_commands(sub, add_model_args: Callable[[argparse.ArgumentParser], N
     add_model_args(v)
     v.set_defaults(func=cmd_eval_vos)
 
+    try:
+        from vlprop.eval.pose import add_pose_eval_command
+    except ImportError:
+        pass
+    else:
+        add_pose_eval_command(esub, add_model_args)
+
     s = esub.add_parser(
         "score", help="score <pred>/<seq>/<frame>.png against <gt>/<seq>/<frame>.png (official DAVIS numbers)",
         description="Drop-in replacement for the official DAVIS 2017 evaluation script: J and F per object, "

@@ -36,7 +36,7 @@ def natural_key(text: str) -> list:
 def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 
 
 class FrameSource:

@@ -1,0 +1,609 @@
+"""Keypoint (pose) propagation, optionally joint with box tracking (Waldmann et al. 2022, Sec. 4.1-4.2).
+
+:class:`KeypointPropagator` carries the keypoints of one labelled frame through a video:
+
+1. the labelled frame's keypoints are encoded as ``C = K (+1 background)`` heat maps on the feature grid
+   (:class:`vlprop.labels.keypoints.KeypointCodec`, settings from the preset's ``keypoints`` block);
+2. the label maps are propagated frame by frame with the preset's
+   :class:`~vlprop.propagation.engine.PropagationEngine` (first frame + ring buffer of predictions);
+3. every propagated map is decoded back to pixel coordinates (sub-pixel decoder of the preset).
+
+Full-frame mode (``track=False``) extracts features on the whole frame with the preset's feature settings
+(``waldmann-jhmdb``: input up-sampled x2; ``crw-jhmdb``: short side 320).
+
+Joint tracking mode (``track=True``, Waldmann Sec. 4.2 / Fig. 1): a correlation-filter tracker
+(:class:`vlprop.tasks.tracker.CorrelationTracker`) follows the object's box, starting from the padded box
+around the labelled keypoints (or a given box). Every frame is cropped around the current box with context
+padding and resampled to a *fixed* crop size (:meth:`CropWindow.crop`), so every frame gives the engine the
+same feature grid. Features are extracted on the crop as it is (the crop size *is* the network input size;
+the preset's full-frame resize is not applied). The labelled keypoints are encoded in the first crop's
+coordinates; propagation runs in crop coordinates, each context frame keeping the labels of its own crop (as
+Waldmann's ``TrackingKeypointVideoIO``: previous crops are not re-warped); decoded keypoints are mapped back
+with :meth:`CropWindow.from_crop`, the exact inverse of the crop mapping (cell-centre convention throughout).
+
+Visibility: a keypoint that is invisible on the labelled frame encodes to an all-zero channel, which
+propagation keeps at zero, and it is reported invisible on every frame (never invented). A visible keypoint
+becomes invisible on a frame where its propagated channel mass falls below ``vanish`` times its mass on the
+labelled frame (e.g. it left the frame or the crop); it can come back later (the labelled frame stays in the
+context).
+
+Coordinates are original-frame pixels, 0-based, x = column, pixel centres at integers; a keypoint is inside
+a ``W x H`` frame when ``-0.5 <= x <= W - 0.5`` and ``-0.5 <= y <= H - 0.5``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import KeypointConfig, Preset, get_preset
+from ..errors import InputError
+from ..geometry import GridGeometry
+from ..io.keypoints import KeypointSequence
+from ..io.video import FrameSource, open_frames
+from ..labels.keypoints import KeypointCodec
+from ..propagation.engine import PropagationEngine
+from .tracker import Box, CorrelationTracker, CropWindow, box_from_keypoints
+
+log = logging.getLogger(__name__)
+
+#: Crop side used in tracking mode when the preset does not fix a short side (Waldmann's ``scale_size``).
+DEFAULT_CROP_SIZE = 480
+OUTSIDE_MODES = ("error", "invisible")
+
+
+@dataclass
+class KeypointFrame:
+    """Keypoints of one frame.
+
+    ``xy``: ``[K, 2]`` float64 original-frame pixels (x, y), NaN where invisible; ``visible``: ``[K]`` bool;
+    ``confidence``: ``[K]`` float64, the peak of the keypoint's propagated heat map (1 on the labelled frame,
+    0 where invisible). ``annotated``: the labelled frame (its keypoints are returned as given).
+    ``propagated``: False for frames before the labelled frame (nothing is predicted there).
+    ``box`` / ``crop``: tracker box ``(x, y, w, h)`` and crop window of this frame (``track=True`` only).
+    ``labels``: the propagated label maps ``[C, h, w]`` on this frame's (crop's) feature grid.
+    ``image``: the RGB frame ``[H, W, 3]`` uint8 (for overlays).
+    """
+
+    index: int
+    name: str
+    xy: np.ndarray
+    visible: np.ndarray
+    confidence: np.ndarray
+    annotated: bool = False
+    propagated: bool = True
+    box: Box | None = None
+    crop: CropWindow | None = None
+    labels: torch.Tensor | None = None
+    image: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Start:
+    index: int
+    xy: np.ndarray        # [K, 2]
+    visible: np.ndarray   # [K]
+    names: list[str]
+    skeleton: list[tuple[int, int]]
+
+
+def codec_from_config(cfg: KeypointConfig) -> KeypointCodec:
+    """The :class:`KeypointCodec` described by a preset's :class:`~vlprop.config.KeypointConfig`."""
+    return KeypointCodec(sigma=cfg.sigma, kernel=cfg.kernel, subpixel=cfg.subpixel, background=cfg.background,
+                         crw_compat=cfg.crw_compat, decoder=cfg.decoder, k=cfg.decode_k)
+
+
+def keypoint_preset(preset: str | Preset = "waldmann-jhmdb", compat: bool = False, **overrides: Any) -> Preset:
+    """A preset with a keypoint codec: presets without one get the default :class:`KeypointConfig`
+    (Gaussian sigma 0.5 at the sub-pixel position, top-5 decoding). ``overrides`` may set any propagation,
+    label, feature or keypoint setting (``topk=5``, ``sigma=1.0``, ``decoder="fit"`` ...)."""
+    base = get_preset(preset)
+    if base.keypoints is None:
+        base = replace(base, keypoints=KeypointConfig())
+    return base.with_overrides(compat=compat, **overrides)
+
+
+class KeypointPropagator:
+    """Propagate keypoints of one labelled frame through a video (full frame or joint with tracking).
+
+    Example::
+
+        kp = KeypointPropagator("waldmann-jhmdb", weights="random", track=True, crop_size=320)
+        for r in kp.run("video.mp4", (xy0, visible0)):       # xy0 [K, 2] pixels of frame 0
+            print(r.index, r.xy, r.visible, r.confidence)
+        seq = kp.propagate_sequence("frames/", read_keypoints("first.json"))
+
+    Args:
+        preset: preset name or :class:`~vlprop.config.Preset`; its propagation, feature and keypoint-codec
+            settings are used (presets without a codec get the default one).
+        backbone, weights, device, seed, batch_size, autocast: as :class:`vlprop.session.Propagator`.
+        track: joint tracking + propagation on crops around the tracked box (module docstring).
+        crop_size: tracking mode: crop side in network-input pixels (square crops) or the crop's short side
+            (aspect kept); default: the preset's ``short_side``, else 480.
+        crop_padding: tracking mode: context around the box on each side, as a fraction of the box size
+            (window = box * (1 + 2 * crop_padding)).
+        crop_square: square crop windows (side = the box's longer side); False keeps the box's aspect.
+        box_padding: padding of the initial box around the labelled keypoints (fraction per side).
+        tracker: keyword arguments of :class:`CorrelationTracker`.
+        vanish: a keypoint is invisible where its channel mass is below ``vanish`` x its labelled mass.
+        outside: labelled keypoints outside the frame: ``"error"`` (InputError) or ``"invisible"``.
+        extractor: use this feature extractor (anything with ``extract_batch``, ``geometry`` and
+            ``batch_size``) instead of building one; in tracking mode it receives the crops.
+        layer, stride, input_scale, short_side, compat, overrides: preset overrides (any propagation, label,
+            feature or keypoint setting).
+    """
+
+    def __init__(self, preset: str | Preset = "waldmann-jhmdb", backbone: str = "resnet18", weights: Any = "default",
+                 device: str = "cpu", seed: int = 0, track: bool = False, crop_size: int | None = None,
+                 crop_padding: float = 0.25, crop_square: bool = True, box_padding: float = 0.15,
+                 tracker: dict | None = None, vanish: float = 0.05, outside: str = "error",
+                 layer: str | None = None, stride: int | None = None, input_scale: float | None = None,
+                 short_side: int | None = None, compat: bool = False, batch_size: int = 4, autocast: bool = False,
+                 extractor: Any = None, **overrides: Any):
+        self.preset = keypoint_preset(preset, compat=compat, layer=layer, stride=stride, **overrides)
+        feats = self.preset.features
+        # short_side and input_scale are exclusive: giving one replaces the preset's choice of the other
+        if short_side is not None:
+            feats = replace(feats, short_side=int(short_side), input_scale=1.0 if input_scale is None else input_scale)
+        elif input_scale is not None:
+            feats = replace(feats, input_scale=float(input_scale), short_side=None)
+        self.preset = replace(self.preset, features=feats)
+        self.codec = codec_from_config(self.preset.keypoints)
+        if outside not in OUTSIDE_MODES:
+            raise InputError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {outside!r}")
+        if not (0.0 <= vanish < 1.0):
+            raise InputError(f"vanish must be in [0, 1), got {vanish}")
+        if crop_padding < 0 or box_padding < 0:
+            raise InputError(f"crop_padding and box_padding must be >= 0, got {crop_padding}, {box_padding}")
+        if crop_size is None:
+            crop_size = feats.short_side or DEFAULT_CROP_SIZE
+        if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 8:
+            raise InputError(f"crop_size must be an integer >= 8 (pixels), got {crop_size!r}")
+        self.track = bool(track)
+        self.crop_size = int(crop_size)
+        self.crop_padding = float(crop_padding)
+        self.crop_square = bool(crop_square)
+        self.box_padding = float(box_padding)
+        self.tracker_kwargs = dict(tracker or {})
+        try:   # validate the tracker settings now, not mid-video
+            CorrelationTracker(**self.tracker_kwargs)
+        except TypeError as e:
+            raise InputError(f"tracker settings: {e}") from None
+        self.vanish = float(vanish)
+        self.outside = outside
+        self.backbone = backbone
+        self.seed = seed
+        if extractor is None:
+            from ..backbones import FeatureExtractor, create_backbone
+            from ..session import resolve_weights
+
+            self.weights = resolve_weights(weights)
+            net = create_backbone(backbone, stride=feats.stride, layer=feats.layer, weights=self.weights, seed=seed)
+            if self.track:   # the crop is already the network input: no second resize
+                extractor = FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast)
+            else:
+                extractor = FeatureExtractor(net, device=device, input_scale=feats.input_scale,
+                                             short_side=feats.short_side, batch_size=batch_size, autocast=autocast)
+        else:
+            self.weights = weights
+        self.extractor = extractor
+
+    # ------------------------------------------------------------------ description
+    def protocol(self) -> dict[str, Any]:
+        """Everything that determines the predictions (for result files)."""
+        out: dict[str, Any] = {
+            "preset": self.preset.as_dict(),
+            "backbone": self.backbone,
+            "weights": str(self.weights),
+            "seed": self.seed,
+            "track": self.track,
+            "vanish": self.vanish,
+            "codec": {k: getattr(self.codec, k) for k in ("sigma", "kernel", "subpixel", "background", "truncate",
+                                                          "crw_compat", "decoder", "k")},
+        }
+        if self.track:
+            out.update(crop_size=self.crop_size, crop_padding=self.crop_padding, crop_square=self.crop_square,
+                       box_padding=self.box_padding, tracker=dict(self.tracker_kwargs))
+        return out
+
+    # ------------------------------------------------------------------ inputs
+    def _start(self, keypoints: Any, frame_names: list[str], start: int | str | None,
+               names: Sequence[str] | None) -> _Start:
+        """Resolve the labelled frame index and its keypoints from the accepted input forms."""
+        by_name = {n: i for i, n in enumerate(frame_names)}
+        T = len(frame_names)
+
+        def to_index(fid: int | str, what: str) -> int:
+            if isinstance(fid, (int, np.integer)) and not isinstance(fid, bool):
+                idx = int(fid)
+            elif isinstance(fid, str) and fid in by_name:
+                idx = by_name[fid]
+            elif isinstance(fid, str) and fid.isdigit():
+                idx = int(fid)
+            else:
+                raise InputError(f"{what} {fid!r} is neither a frame index nor a frame name of this video "
+                                 f"(names run {frame_names[0]!r} ... {frame_names[-1]!r})")
+            if not 0 <= idx < T:
+                raise InputError(f"{what} {fid!r} is outside the video's {T} frames")
+            return idx
+
+        skeleton: list[tuple[int, int]] = []
+        if isinstance(keypoints, KeypointSequence):
+            seq = keypoints
+            if seq.num_keypoints == 0:
+                raise InputError("the keypoint sequence has no keypoints")
+            if names is not None and list(names) != seq.names:
+                raise InputError(f"names {list(names)} differ from the sequence's names {seq.names}")
+            names, skeleton = seq.names, list(seq.skeleton)
+            if start is None:
+                labelled = [(to_index(f, "keypoint frame"), t) for t, f in enumerate(seq.frames)
+                            if seq.visible[t].any()]
+                if not labelled:
+                    raise InputError("no frame of the keypoint sequence has a visible keypoint")
+                idx, t = min(labelled)
+            else:
+                idx = to_index(start, "start frame")
+                pos = [t for t, f in enumerate(seq.frames) if to_index(f, "keypoint frame") == idx]
+                if not pos:
+                    raise InputError(f"the keypoint sequence has no keypoints for start frame {start!r}")
+                t = pos[0]
+            xy, vis = seq.xy[t].copy(), seq.visible[t].copy()
+        else:
+            if isinstance(keypoints, (tuple, list)) and len(keypoints) == 2 and np.ndim(keypoints[0]) == 2:
+                xy, vis = keypoints
+            else:
+                xy, vis = keypoints, None
+            if isinstance(xy, torch.Tensor):
+                xy = xy.detach().cpu().numpy()
+            try:
+                xy = np.array(xy, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InputError("keypoints must be numbers of shape [K, 2] (x, y)") from None
+            if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0:
+                raise InputError(f"keypoints must have shape [K, 2] (x, y) with K >= 1, got {tuple(xy.shape)}")
+            if vis is None:
+                vis = np.isfinite(xy).all(axis=1)
+            else:
+                if isinstance(vis, torch.Tensor):
+                    vis = vis.detach().cpu().numpy()
+                vis = np.asarray(vis).reshape(-1)
+                if vis.shape[0] != xy.shape[0]:
+                    raise InputError(f"visibility has {vis.shape[0]} entries for {xy.shape[0]} keypoints")
+                vis = vis.astype(bool)
+            if names is None:
+                names = [f"joint_{k}" for k in range(len(xy))]
+            elif len(names) != len(xy):
+                raise InputError(f"{len(names)} keypoint names for {len(xy)} keypoints")
+            idx = 0 if start is None else to_index(start, "start frame")
+            if (vis & ~np.isfinite(xy).all(axis=1)).any():
+                k = int(np.flatnonzero(vis & ~np.isfinite(xy).all(axis=1))[0])
+                raise InputError(f"keypoint {names[k]!r} is visible but has no finite coordinates")
+        if not vis.any():
+            raise InputError(f"no visible keypoint on the labelled frame {idx} ({frame_names[idx]}): "
+                             f"nothing to propagate")
+        xy = np.where(vis[:, None], xy, np.nan)
+        return _Start(idx, xy, vis, list(names), skeleton)
+
+    def _check_inside(self, st: _Start, H: int, W: int, frame_name: str) -> np.ndarray:
+        """Visibility after the inside-the-frame check (InputError or drop, per ``outside``)."""
+        x, y = st.xy[:, 0], st.xy[:, 1]
+        with np.errstate(invalid="ignore"):
+            inside = (x >= -0.5) & (x <= W - 0.5) & (y >= -0.5) & (y <= H - 0.5)
+        bad = st.visible & ~inside
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            if self.outside == "error":
+                raise InputError(f"keypoint {st.names[k]!r} at ({x[k]:.1f}, {y[k]:.1f}) on frame {st.index} "
+                                 f"({frame_name}) lies outside the {W}x{H} frame ({int(bad.sum())} keypoint(s) "
+                                 f"outside; valid x in [-0.5, {W - 0.5}], y in [-0.5, {H - 0.5}])")
+            log.info("frame %s: %d keypoint(s) outside the %dx%d frame are treated as invisible",
+                     frame_name, int(bad.sum()), W, H)
+        vis = st.visible & inside
+        if not vis.any():
+            raise InputError(f"no visible keypoint inside the frame on the labelled frame {st.index} ({frame_name})")
+        return vis
+
+    # ------------------------------------------------------------------ crops
+    def _crop_shape(self, box: Box) -> tuple[int, int]:
+        """Fixed crop output size ``(out_w, out_h)`` for a video, from its first box."""
+        if self.crop_square:
+            return self.crop_size, self.crop_size
+        w, h = box[2], box[3]
+        if w >= h:
+            return max(1, int(round(self.crop_size * w / h))), self.crop_size
+        return self.crop_size, max(1, int(round(self.crop_size * h / w)))
+
+    def window(self, box: Box, out_wh: tuple[int, int]) -> CropWindow:
+        """Crop window of the tracked ``box`` with the context padding, resampled to ``out_wh``."""
+        return CropWindow.from_box(box, out_w=out_wh[0], out_h=out_wh[1], context=1.0 + 2.0 * self.crop_padding,
+                                   square=self.crop_square)
+
+    # ------------------------------------------------------------------ run
+    def run(self, source: Any, keypoints: Any, *, start: int | str | None = None, box: Box | None = None,
+            names: Sequence[str] | None = None, keep_images: bool = True) -> Iterator[KeypointFrame]:
+        """Yield a :class:`KeypointFrame` for every frame of ``source``.
+
+        ``keypoints``: a :class:`KeypointSequence` (the labelled frame is ``start`` or its first frame with a
+        visible keypoint, in video order; frames may be indices or frame names), or the labelled frame's
+        ``(xy [K, 2], visible [K])`` (or just ``xy``; NaN rows are invisible) for frame ``start`` (default 0).
+        ``box``: initial tracker box ``(x, y, w, h)`` (default: padded box around the visible keypoints).
+        Frames before the labelled frame are yielded with every keypoint invisible (``propagated=False``).
+        """
+        src: FrameSource = open_frames(source)
+        frame_names = src.names()
+        if not frame_names:
+            raise InputError("the video has no frames")
+        st = self._start(keypoints, frame_names, start, names)
+        if box is not None:
+            box = tuple(float(v) for v in box)
+            if len(box) != 4 or not all(map(math.isfinite, box)) or box[2] < 1 or box[3] < 1:
+                raise InputError(f"box must be finite (x, y, w, h) with w, h >= 1, got {box}")
+        K = len(st.names)
+        state: dict[str, Any] = {}
+        bs = max(1, int(getattr(self.extractor, "batch_size", 4)))
+        batch: list = []
+        for fr in src:
+            if fr.index < st.index:
+                yield KeypointFrame(fr.index, fr.name, np.full((K, 2), np.nan), np.zeros(K, bool), np.zeros(K),
+                                    propagated=False, image=fr.image if keep_images else None)
+                continue
+            batch.append(fr)
+            if len(batch) == bs:
+                yield from self._process(batch, st, box, state, keep_images)
+                batch = []
+        if batch:
+            yield from self._process(batch, st, box, state, keep_images)
+        if "engine" not in state:
+            raise InputError(f"the video ended before the labelled frame {st.index}")
+
+    def _process(self, frames: list, st: _Start, box: Box | None, state: dict,
+                 keep_images: bool) -> Iterator[KeypointFrame]:
+        """Features for a batch of frames (crops when tracking), then propagate frame by frame."""
+        windows: list[CropWindow | None] = []
+        boxes: list[Box | None] = []
+        inputs = []
+        for fr in frames:
+            if fr.index == st.index:
+                H, W = fr.image.shape[:2]
+                state["visible0"] = self._check_inside(st, H, W, fr.name)
+                if self.track:
+                    b = box if box is not None else box_from_keypoints(st.xy, state["visible0"],
+                                                                       padding=self.box_padding)
+                    tracker = CorrelationTracker(**self.tracker_kwargs)
+                    tracker.init(fr.image, b)
+                    state["tracker"] = tracker
+                    state["crop_wh"] = self._crop_shape(b)
+            if self.track:
+                if fr.index == st.index:
+                    b = state["tracker"].box
+                else:
+                    b = state["tracker"].update(fr.image)
+                win = self.window(b, state["crop_wh"])
+                boxes.append(b)
+                windows.append(win)
+                inputs.append(win.crop(fr.image))
+            else:
+                boxes.append(None)
+                windows.append(None)
+                inputs.append(fr.image)
+        feats = self.extractor.extract_batch(inputs)
+        for fr, f, win, b, img in zip(frames, feats, windows, boxes, inputs):
+            if "geometry" not in state:
+                h, w = img.shape[:2]
+                geo: GridGeometry = self.extractor.geometry(h, w)
+                if (geo.grid_height, geo.grid_width) != tuple(f.shape[1:]):
+                    raise RuntimeError(f"extractor geometry {geo} does not match features {tuple(f.shape)}")
+                state["geometry"] = geo
+            if fr.index == st.index:
+                yield self._first(fr, f, win, b, st, state, keep_images)
+                continue
+            labels = state["engine"].step(f)
+            yield self._decode(fr, labels, win, b, state, keep_images)
+
+    def _first(self, fr, f: torch.Tensor, win: CropWindow | None, b: Box | None, st: _Start, state: dict,
+               keep_images: bool) -> KeypointFrame:
+        vis0 = state["visible0"]
+        xy_enc = st.xy if win is None else win.to_crop(st.xy)
+        labels = self.codec.encode(np.where(vis0[:, None], xy_enc, np.nan), vis0, state["geometry"])
+        engine = PropagationEngine(self.preset.propagation)
+        engine.reset(f, labels)
+        state["engine"] = engine
+        mass0 = self._joint_mass(labels)
+        state["mass0"] = mass0
+        # a keypoint whose kernel falls entirely off the grid cannot be propagated
+        lost = vis0 & (mass0 <= 0)
+        if lost.any():
+            log.warning("%d labelled keypoint(s) fall outside the feature grid/crop and are treated as invisible",
+                        int(lost.sum()))
+        state["visible0"] = vis0 & (mass0 > 0)
+        vis = state["visible0"]
+        xy = np.where(vis[:, None], st.xy, np.nan)
+        return KeypointFrame(fr.index, fr.name, xy, vis.copy(), vis.astype(np.float64), annotated=True, box=b,
+                             crop=win, labels=labels, image=fr.image if keep_images else None)
+
+    def _joint_mass(self, labels: torch.Tensor) -> np.ndarray:
+        m = labels[1:] if self.codec.has_background else labels
+        return m.clamp_min(0).sum(dim=(1, 2)).double().numpy()
+
+    def _decode(self, fr, labels: torch.Tensor, win: CropWindow | None, b: Box | None, state: dict,
+                keep_images: bool) -> KeypointFrame:
+        dec = self.codec.decode(labels, state["geometry"])
+        mass = self._joint_mass(labels)
+        vis = state["visible0"] & dec.visible & (mass >= self.vanish * state["mass0"]) & (mass > 0)
+        xy = dec.xy if win is None else win.from_crop(dec.xy)
+        xy = np.where(vis[:, None], xy, np.nan)
+        conf = np.where(vis, dec.confidence, 0.0)
+        return KeypointFrame(fr.index, fr.name, xy, vis, conf, box=b, crop=win, labels=labels,
+                             image=fr.image if keep_images else None)
+
+    # ------------------------------------------------------------------ helpers
+    def propagate_sequence(self, source: Any, keypoints: Any, *, start: int | str | None = None,
+                           box: Box | None = None, names: Sequence[str] | None = None) -> KeypointSequence:
+        """Run on the whole video and return a :class:`KeypointSequence` (frames = indices 0..T-1)."""
+        frames, xy, vis, conf = [], [], [], []
+        out_names = names
+        skeleton: list[tuple[int, int]] = []
+        if isinstance(keypoints, KeypointSequence):
+            out_names, skeleton = keypoints.names, list(keypoints.skeleton)
+        for r in self.run(source, keypoints, start=start, box=box, names=names, keep_images=False):
+            frames.append(r.index)
+            xy.append(r.xy)
+            vis.append(r.visible)
+            conf.append(r.confidence)
+        K = len(xy[0])
+        if out_names is None:
+            out_names = [f"joint_{k}" for k in range(K)]
+        return KeypointSequence(list(out_names), frames, np.stack(xy), np.stack(vis), np.stack(conf), skeleton)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _add_if_absent(parser, *flags: str, **kwargs: Any) -> None:
+    """Add an option unless the parser already has it (the ``propagate`` command defines some already)."""
+    if any(f in parser._option_string_actions for f in flags):
+        return
+    parser.add_argument(*flags, **kwargs)
+
+
+def _box_arg(text: str) -> tuple[float, float, float, float]:
+    parts = text.replace(",", " ").split()
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"--box expects X,Y,W,H (pixels), got {text!r}")
+    return box  # type: ignore[return-value]
+
+
+def add_tracking_arguments(parser) -> None:
+    """Options of the joint tracking mode (shared by ``vlprop propagate --keypoints`` and ``vlprop eval pose``)."""
+    _add_if_absent(parser, "--track", action="store_true",
+                   help="joint tracking + keypoint propagation: follow the object with a correlation-filter "
+                        "tracker and propagate on crops around it (for small objects; Waldmann et al. 2022)")
+    _add_if_absent(parser, "--crop-size", type=int, default=None,
+                   help="tracking: crop side (or short side with --crop-aspect keep) in network-input pixels "
+                        f"(default: the preset's short side, else {DEFAULT_CROP_SIZE})")
+    _add_if_absent(parser, "--crop-padding", type=float, default=0.25,
+                   help="tracking: context around the box on each side, as a fraction of its size (default 0.25)")
+    _add_if_absent(parser, "--crop-aspect", choices=("square", "keep"), default="square",
+                   help="tracking: square crops (default) or keep the box's aspect ratio")
+    _add_if_absent(parser, "--box-padding", type=float, default=0.15,
+                   help="tracking: padding of the initial box around the labelled keypoints (default 0.15)")
+    _add_if_absent(parser, "--vanish", type=float, default=0.05,
+                   help="a keypoint is invisible where its propagated mass is below this fraction of its "
+                        "labelled mass (default 0.05)")
+
+
+def add_keypoint_arguments(parser) -> None:
+    """Options of ``vlprop propagate SOURCE --keypoints FIRST.json --out DIR [--track] [--overlay FILE]``.
+
+    Options the ``propagate`` parser already defines (``--out``, ``--overlay``, ``--fps``, ``--force``,
+    ``--quiet``) are reused; the rest are added here.
+    """
+    _add_if_absent(parser, "--keypoints", default=None,
+                   help="keypoints of the labelled frame: vlprop keypoint JSON or CSV (the first frame with a "
+                        "visible keypoint is the labelled one, unless --keypoints-frame is given)")
+    _add_if_absent(parser, "--keypoints-frame", default=None, type=lambda s: int(s) if s.isdigit() else s,
+                   help="index or name of the labelled frame in the keypoint file (default: its first frame "
+                        "with a visible keypoint)")
+    _add_if_absent(parser, "--box", type=_box_arg, default=None,
+                   help="tracking: initial box X,Y,W,H in pixels (default: padded box around the keypoints; "
+                        "write --box=X,Y,W,H when X is negative)")
+    _add_if_absent(parser, "--trail", type=int, default=8, help="overlay: trail length in frames (default 8)")
+    add_tracking_arguments(parser)
+    _add_if_absent(parser, "--overlay", default=None, help="also write an overlay video (e.g. overlay.mp4 or .gif)")
+    _add_if_absent(parser, "--fps", type=float, default=24.0, help="overlay frame rate (default 24)")
+    _add_if_absent(parser, "--force", action="store_true", help="write into a non-empty output folder")
+    _add_if_absent(parser, "--quiet", action="store_true", help="no progress bar")
+
+
+def propagator_from_args(args, outside: str = "error") -> KeypointPropagator:
+    """A :class:`KeypointPropagator` from parsed model + tracking options (missing options take defaults)."""
+    from ..cli import parse_sets
+
+    preset = getattr(args, "preset", None) or "waldmann-jhmdb"
+    return KeypointPropagator(
+        preset=preset, backbone=getattr(args, "backbone", "resnet18"), weights=getattr(args, "weights", "default"),
+        device=getattr(args, "device", "cpu"), seed=getattr(args, "seed", 0), track=getattr(args, "track", False),
+        crop_size=getattr(args, "crop_size", None), crop_padding=getattr(args, "crop_padding", 0.25),
+        crop_square=getattr(args, "crop_aspect", "square") == "square",
+        box_padding=getattr(args, "box_padding", 0.15), vanish=getattr(args, "vanish", 0.05), outside=outside,
+        layer=getattr(args, "layer", None), input_scale=getattr(args, "input_scale", None),
+        short_side=getattr(args, "short_side", None), compat=getattr(args, "compat", False),
+        **parse_sets(getattr(args, "set", None)))
+
+
+def run_keypoint_propagate(args) -> int:
+    """``vlprop propagate SOURCE --keypoints FIRST.json --out DIR``: writes ``<out>/keypoints.json`` and
+    ``<out>/keypoints.csv`` (+ ``<out>/track.csv`` with ``--track``, the overlay video with ``--overlay``)."""
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..io.files import atomic_write_text
+    from ..io.keypoints import read_keypoints, write_keypoints_csv, write_keypoints_json
+    from ..io.render import VideoWriter
+    from ..io.render_pose import PoseRenderer
+
+    if not getattr(args, "keypoints", None):
+        raise InputError("give the labelled keypoints with --keypoints FIRST.json (vlprop keypoint JSON or CSV)")
+    kp_path = Path(args.keypoints)
+    if not kp_path.is_file():
+        raise InputError(f"keypoint file not found: {kp_path}")
+    seq = read_keypoints(kp_path)
+    src = open_frames(args.source)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not getattr(args, "force", False):
+        raise InputError(f"output folder {out} is not empty; choose another --out or pass --force to overwrite")
+    prop = propagator_from_args(args, outside="error")
+    overlay = getattr(args, "overlay", None)
+    writer = VideoWriter(overlay, fps=getattr(args, "fps", 24.0)) if overlay else None
+    renderer = PoseRenderer(seq.num_keypoints, skeleton=seq.skeleton, trail=getattr(args, "trail", 8)) \
+        if writer is not None else None
+    frames, xy, vis, conf, track_rows = [], [], [], [], []
+    quiet = getattr(args, "quiet", False)
+    bar = tqdm(total=len(src), unit="frame", desc="propagating keypoints", disable=quiet)
+    t0 = time.perf_counter()
+    try:
+        for r in prop.run(src, seq, start=getattr(args, "keypoints_frame", None), box=getattr(args, "box", None),
+                          keep_images=writer is not None):
+            frames.append(r.index)
+            xy.append(r.xy)
+            vis.append(r.visible)
+            conf.append(r.confidence)
+            if r.box is not None:
+                track_rows.append(f"{r.index},{r.name},{r.box[0]!r},{r.box[1]!r},{r.box[2]!r},{r.box[3]!r}")
+            if writer is not None:
+                writer.write(renderer.render(r.image, r.xy, r.visible, r.box))
+            bar.update(1)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    result = KeypointSequence(seq.names, frames, np.stack(xy), np.stack(vis), np.stack(conf), seq.skeleton)
+    out.mkdir(parents=True, exist_ok=True)
+    write_keypoints_json(out / "keypoints.json", result)
+    write_keypoints_csv(out / "keypoints.csv", result)
+    if track_rows:
+        atomic_write_text(out / "track.csv", "frame,name,x,y,w,h\n" + "\n".join(track_rows) + "\n")
+    dt = time.perf_counter() - t0
+    n = len(frames)
+    print(f"wrote keypoints of {n} frames to {out / 'keypoints.json'} and {out / 'keypoints.csv'} "
+          f"({dt:.1f} s, {n / max(dt, 1e-9):.2f} frames/s)")
+    if overlay:
+        print(f"overlay video: {overlay}")
+    return 0
