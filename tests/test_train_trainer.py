@@ -201,6 +201,24 @@ def test_cli_run_writes_a_vlprop_checkpoint_that_backbones_load_and_resumes_from
     for k, v in ft.net.backbone.state_dict().items():
         assert torch.equal(v, last["state_dict"][k]), k
 
+    # `vlprop export RUN --out MODEL.pt`: float16 weights without the training state, half the size,
+    # loading to the same features up to fp16 rounding; --meta is recorded.
+    model = tmp_path / "model.pt"
+    assert vlprop_main(["export", str(run), "--out", str(model), "--meta", '{"val_JF": 0.5}']) == 0
+    small = torch.load(model, map_location="cpu", weights_only=True)
+    assert "training" not in small and small["meta"]["val_JF"] == 0.5 and small["meta"]["dtype"] == "float16"
+    assert small["state_dict"]["conv1.weight"].dtype == torch.float16
+    assert small["state_dict"]["layer1.0.bn1.num_batches_tracked"].dtype == torch.int64
+    assert model.stat().st_size < 0.55 * (run / "last.pt").stat().st_size
+    exported = create_backbone("resnet18", weights=str(model)).eval()
+    assert next(exported.parameters()).dtype == torch.float32
+    full = create_backbone("resnet18", weights=str(resolve_run_weights(run))).eval()
+    with torch.no_grad():
+        ref, got = full(x), exported(x)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 5e-3, rel
+    assert vlprop_main(["export", str(run), "--out", str(tmp_path / "bad.pt"), "--meta", "[1]"]) == 2
+
 
 def test_validation_hook_is_logged_and_keeps_the_best_checkpoint(clips, tmp_path):
     scores = iter([0.2, 0.9, 0.5])
