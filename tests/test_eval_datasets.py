@@ -321,3 +321,16 @@ def test_real_davis2016_split_listing_absent_sequences_is_an_input_error():
         pytest.skip("every train sequence is present here; nothing missing to report")
     with pytest.raises(InputError, match=f"{absent[0]}: frame folder not found"):
         read_davis2016(DAVIS16, "train")
+
+
+DAVIS16_TRAIN256 = DAVIS16.parent / "davis2016-train-256"
+
+
+@pytest.mark.skipif(not (DAVIS16_TRAIN256 / "JPEGImages").is_dir(), reason="../shared/data/davis2016-train-256 absent")
+def test_real_davis2016_copy_without_a_resolution_level():
+    # the 256p training copy keeps sequences directly under JPEGImages/ and Annotations/
+    seq = read_davis2016(DAVIS16_TRAIN256, ["bear"])[0]
+    n = len(list((DAVIS16_TRAIN256 / "JPEGImages" / "bear").glob("*.jpg")))
+    assert len(seq) == n > 0 and seq.objects == {1: 0}
+    assert min(seq.read_frame(0).shape[:2]) == 256
+    assert seq.read_mask(0).shape == seq.read_frame(0).shape[:2]

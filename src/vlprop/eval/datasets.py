@@ -314,6 +314,14 @@ def _make_sequence(name: str, frames: list[Path], annotations: list[Annotation],
 # ---------------------------------------------------------------------------------------------------
 # DAVIS
 # ---------------------------------------------------------------------------------------------------
+def _resolution_level(root: Path, resolution: str) -> str:
+    """``resolution`` (``480p``) if ``JPEGImages/<resolution>`` exists, else ``""`` for copies that keep
+    the sequences directly under ``JPEGImages/`` (e.g. a down-scaled training copy)."""
+    if (root / "JPEGImages" / resolution).is_dir() or not (root / "JPEGImages").is_dir():
+        return resolution
+    return ""
+
+
 def read_davis2016(root: str | os.PathLike, split: str | os.PathLike | Sequence[str] = "val",
                    resolution: str = "480p", *, validate: bool = True,
                    scan_objects: bool = True) -> list[VOSSequence]:
@@ -355,11 +363,12 @@ def read_davis2016(root: str | os.PathLike, split: str | os.PathLike | Sequence[
                 if not ann.is_file():
                     raise InputError(f"{seq}: mask {ann} listed in {source} does not exist")
         else:
-            frame_dir = _require_dir(root / "JPEGImages" / resolution / seq, f"{seq}: frame folder")
+            res = _resolution_level(root, resolution)
+            frame_dir = _require_dir(root / "JPEGImages" / res / seq, f"{seq}: frame folder")
             frames = _list_images(frame_dir, (".jpg",))
             if not frames:
                 raise InputError(f"{seq}: no .jpg frames in {frame_dir}")
-            mask_dir = _require_dir(root / "Annotations" / resolution / seq, f"{seq}: annotation folder")
+            mask_dir = _require_dir(root / "Annotations" / res / seq, f"{seq}: annotation folder")
             anns = list(_match_masks(seq, frames, mask_dir, "all"))
         out.append(_make_sequence(seq, frames, anns, "binary255", validate, scan_objects))
     return out
@@ -376,11 +385,12 @@ def read_davis2017(root: str | os.PathLike, split: str | os.PathLike | Sequence[
     spec = _resolve_split(split, [sets / f"{split}.txt"] if isinstance(split, (str, os.PathLike)) else [],
                           [sets])
     names = spec if isinstance(spec, list) else _read_list(spec)
-    ann_root = root / ("Annotations_unsupervised" if unsup else "Annotations") / resolution
+    res = _resolution_level(root, resolution)
+    ann_root = root / ("Annotations_unsupervised" if unsup else "Annotations") / res
     _require_dir(ann_root, "DAVIS-2017 annotation folder")
     out = []
     for seq in names:
-        frame_dir = _require_dir(root / "JPEGImages" / resolution / seq, f"{seq}: frame folder")
+        frame_dir = _require_dir(root / "JPEGImages" / res / seq, f"{seq}: frame folder")
         frames = _list_images(frame_dir, (".jpg",))
         if not frames:
             raise InputError(f"{seq}: no .jpg frames in {frame_dir}")
