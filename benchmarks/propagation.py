@@ -68,6 +68,12 @@ def rss_mb() -> float:
 
 
 def peak_mb() -> float:
+    """This process's own RSS high-water mark (VmHWM). Not ``ru_maxrss``: Linux carries that over from the
+    parent across fork + exec, so a spawned child would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
