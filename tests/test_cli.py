@@ -100,6 +100,18 @@ def test_presets_lists_every_preset(capsys):
     assert data["crw"]["propagation"]["topk"] == 10 and data["dino"]["propagation"]["context"] == 7
 
 
+def test_python_dash_m_vlprop_is_the_command():
+    """``python -m vlprop`` (and so ``torchrun -m vlprop eval vos``) runs the same CLI, errors included."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "vlprop", "presets", "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["dul"]["propagation"]["topk"] == 10
+    bad = subprocess.run([sys.executable, "-m", "vlprop", "propagate", "/no/such/video.mp4", "--mask", "/no/m.png",
+                          "--out", "/tmp/vlprop-never-written"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "/no/such/video.mp4" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_demo_runs_and_reports_where_outputs_went(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--frames", "8", "--weights", "random", "--quiet"]) == 0
