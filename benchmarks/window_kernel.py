@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     print(f"# window kernel: torch {torch.__version__}, {torch.get_num_threads()} threads, grid {h}x{w}, D={D}, "
           f"{args.window} r={args.radius:g}, top-{args.topk}; fp32 GEMM peak here {peak:.0f} GFLOP/s")
     if dense_s:
-        print(f"# dense first frame: {dense_s * 1e3:.0f} ms, {dense_flops / 1e9:.1f} GFLOP "
+        print(f"# dense first frame: {dense_s * 1e3:.0f} ms, {dense_flops / 1e9:.3g} GFLOP "
               f"({dense_flops / dense_s / 1e9:.0f} GFLOP/s); included in the per-frame columns")
     print("| tile | patch | GFLOP/ctx frame | window_topk ms | patch copy ms | GEMM ms | GEMM GFLOP/s | top-k ms | "
           f"frame total s (1 dense + {args.context} windowed) | GEMM-at-peak bound s/frame |")
@@ -106,7 +106,7 @@ def main(argv=None) -> None:
         t_gemm = timed(gemm_only, args.repeats)
         t_topk = timed(topk_only, args.repeats)
         flops = 2 * nty * ntx * tile * tile * P * P * D
-        print(f"| {tile} | {P}x{P} | {flops / 1e9:.2f} | {full * 1e3:.1f} | {t_copy * 1e3:.1f} | {t_gemm * 1e3:.1f} | "
+        print(f"| {tile} | {P}x{P} | {flops / 1e9:.3g} | {full * 1e3:.1f} | {t_copy * 1e3:.1f} | {t_gemm * 1e3:.1f} | "
               f"{flops / t_gemm / 1e9:.0f} | {t_topk * 1e3:.1f} | {dense_s + full * args.context:.2f} | "
               f"{(dense_flops + args.context * flops) / (peak * 1e9):.2f} |")
 

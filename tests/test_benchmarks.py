@@ -46,6 +46,6 @@ def test_window_kernel_benchmark_counts_the_tiling_flops(capsys, window, radius,
     patch = tile + side - 1
     assert row[1] == f"{patch}x{patch}"
     flops = 2 * math.ceil(16 / tile) * math.ceil(24 / tile) * tile * tile * patch * patch * 32
-    assert float(row[2]) == pytest.approx(flops / 1e9, abs=0.006)
+    assert float(row[2]) == pytest.approx(flops / 1e9, rel=0.006)
     dense_gflop = float(out.split("dense first frame: ")[1].split(" ms, ")[1].split(" GFLOP")[0])
-    assert dense_gflop == pytest.approx(2 * (16 * 24) ** 2 * 32 / 1e9, abs=0.06)
+    assert dense_gflop == pytest.approx(2 * (16 * 24) ** 2 * 32 / 1e9, rel=0.006)
