@@ -24,7 +24,8 @@ import time
 import torch
 
 from vlprop.propagation.affinity import (
-    dense_topk, l2_normalize, pad_channels_last, query_tiles, window_geometry, window_offsets, window_topk,
+    band_patches, dense_topk, l2_normalize, pad_channels_last, query_tiles, window_geometry, window_offsets,
+    window_topk,
 )
 
 
@@ -82,14 +83,11 @@ def main(argv=None) -> None:
         kp = pad_channels_last(key, geo)
         qt = query_tiles(q, geo)
 
-        def patches(by):
-            return kp[by * tile: by * tile + P].unfold(1, P, tile).permute(1, 0, 3, 2).reshape(ntx, P * P, D)
-
-        bands = [patches(by) for by in range(nty)]
+        bands = [band_patches(kp, geo, by) for by in range(nty)]
 
         def copy_only():
             for by in range(nty):
-                patches(by)
+                band_patches(kp, geo, by)
 
         def gemm_only():
             for by in range(nty):

@@ -187,6 +187,15 @@ def query_tiles(features: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
     return q.view(geo.nty, t, geo.ntx, t, D).permute(0, 2, 1, 3, 4).reshape(geo.nty, geo.ntx, t * t, D)
 
 
+def band_patches(key_padded: torch.Tensor, geo: WindowGeometry, by: int) -> torch.Tensor:
+    """The context patches of tile row ``by``: ``[ntx, P*P, D]`` (a copy; the patches of neighbouring tiles
+    overlap), from the padded channels-last key of :func:`pad_channels_last`."""
+    t, P = geo.tile, geo.patch
+    band = key_padded[by * t: by * t + P]  # [P, Wp, D]
+    patches = band.unfold(1, P, t)  # [P, ntx, D, P]
+    return patches.permute(1, 0, 3, 2).reshape(geo.ntx, P * P, key_padded.shape[-1])
+
+
 def window_topk(
     qtiles: torch.Tensor,
     key_padded: torch.Tensor,
@@ -200,19 +209,15 @@ def window_topk(
     qtiles: ``[nty, ntx, t*t, D]`` from :func:`query_tiles`; key_padded: from :func:`pad_channels_last`.
     Returns values/index ``[h*w, k]`` in row-major target order.
     """
-    t, R, P = geo.tile, geo.R, geo.patch
+    t, P = geo.tile, geo.patch
     nty, ntx = geo.nty, geo.ntx
-    D = qtiles.shape[-1]
     kk = P * P if k <= 0 else min(k, P * P)
     values = qtiles.new_empty(nty, ntx, t * t, kk)
     index = torch.empty(nty, ntx, t * t, kk, dtype=torch.long)
     stat = qtiles.new_empty(nty, ntx, t * t) if reduce else None
     bias = geo.bias.to(qtiles.dtype)
     for by in range(nty):
-        band = key_padded[by * t: by * t + P]  # [P, Wp, D]
-        patches = band.unfold(1, P, t)  # [P, ntx, D, P]
-        patches = patches.permute(1, 0, 3, 2).reshape(ntx, P * P, D)
-        a = torch.bmm(qtiles[by], patches.transpose(1, 2))  # [ntx, t*t, P*P]
+        a = torch.bmm(qtiles[by], band_patches(key_padded, geo, by).transpose(1, 2))  # [ntx, t*t, P*P]
         a += bias[by]
         if reduce:
             stat[by] = _reduce_stat(a, reduce, temperature)
