@@ -7,7 +7,8 @@ Usage::
 
 ``vos-benchmark`` computes only J-Mean and F-Mean per object (no recall/decay, no void pixels, no
 unsupervised task) and treats every non-zero value as an object id, so DAVIS-2016 0/255 ground truth is
-first re-written as 0/1 into a temporary folder. The script prints both packages' global J&F / J / F and
+first re-written as 0/1 (decoded by vlprop's own reader, ``--encoding binary255``) into a temporary
+folder. The script prints both packages' global J&F / J / F and
 the largest per-object difference of J-Mean and F-Mean.
 """
 from __future__ import annotations
@@ -17,24 +18,23 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from vlprop.eval.datasets import read_annotation
+from vlprop.io.masks import write_mask
 
 
-def binary_copy(gt: Path, sequences: list[str], dst: Path) -> None:
+def copy_ground_truth(gt: Path, sequences: list[str], dst: Path, encoding: str) -> None:
+    """Re-write the ground truth as index PNGs, decoded exactly as vlprop's scorer decodes it."""
     for seq in sequences:
-        (dst / seq).mkdir(parents=True)
         for f in sorted((gt / seq).glob("*.png")):
-            a = np.array(Image.open(f))
-            if a.ndim == 3:
-                a = a[..., 0]
-            Image.fromarray((a > 127).astype(np.uint8) if a.max() == 255 else a.astype(np.uint8)).save(dst / seq / f.name)
+            write_mask(dst / seq / f.name, read_annotation(f, encoding))
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path, help="output folder of `vlprop eval vos` (has results.json)")
     ap.add_argument("--gt", required=True, type=Path, help="annotation folder with one sub-folder per sequence")
+    ap.add_argument("--encoding", default="binary255", choices=["binary255", "index"],
+                    help="how the ground truth stores ids (binary255: DAVIS-2016 0/255; index: palette ids)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     try:
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     sequences = sorted({o["sequence"] for o in ours["objects"]})
     with tempfile.TemporaryDirectory() as tmp:
         gt = Path(tmp) / "gt"
-        binary_copy(args.gt, sequences, gt)
+        copy_ground_truth(args.gt, sequences, gt, args.encoding)
         jf, j, f, per = benchmark([str(gt)], [str(args.run)], strict=False, num_processes=args.workers,
                                   verbose=False)
     worst = 0.0
