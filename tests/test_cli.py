@@ -100,6 +100,14 @@ def test_presets_lists_every_preset(capsys):
     assert data["crw"]["propagation"]["topk"] == 10 and data["dino"]["propagation"]["context"] == 7
 
 
+def test_demo_rejects_a_bad_input_scale_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--frames", "2", "--weights", "random", "--input-scale", "0",
+                 "--quiet"]) == 2
+    assert "input_scale must be a positive number" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_python_dash_m_vlprop_is_the_command():
     """``python -m vlprop`` (and so ``torchrun -m vlprop eval vos``) runs the same CLI, errors included."""
     import subprocess

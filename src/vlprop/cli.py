@@ -165,6 +165,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _prepare_out(out, args.force)
+    # the model first: a bad option fails before anything is written into --out
+    prop = Propagator(preset=args.preset, weights=args.weights, device=args.device, input_scale=args.input_scale)
     vid = synthetic_video(num_frames=args.frames, height=240, width=320, seed=args.seed)
     frames_dir = out / "frames"
     from PIL import Image
@@ -174,7 +176,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         Image.fromarray(img).save(frames_dir / f"{t:05d}.png")
     write_mask(out / "first_mask.png", vid.masks[0])
     print(f"synthesised {len(vid.frames)} frames of moving textured shapes in {frames_dir}")
-    prop = Propagator(preset=args.preset, weights=args.weights, device=args.device, input_scale=args.input_scale)
     print(f"propagating with preset={args.preset} backbone=resnet18 weights={prop.weights} "
           f"input x{args.input_scale:g}")
     masks_dir = out / "masks"
