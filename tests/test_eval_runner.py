@@ -13,6 +13,7 @@ from vlprop.eval.datasets import VOSSequence, read_folder
 from vlprop.eval.distributed import Ranks, ranks_from_env, shard
 from vlprop.eval.runner import (
     ModelSpec,
+    _Job,
     _score_late_sequence,
     input_masks,
     label_frames,
@@ -20,6 +21,7 @@ from vlprop.eval.runner import (
     run_settings,
     score_predictions,
     settings_hash,
+    submission_order,
 )
 from vlprop.eval.score import score_sequences
 from vlprop.io.masks import write_mask
@@ -91,6 +93,16 @@ def test_sequences_are_sharded_round_robin_in_dataset_order():
     assert shard(items, Ranks(2, 3)) == ["c", "f"]
     assert sorted(sum((shard(items, Ranks(r, 3)) for r in range(3)), [])) == items
     assert shard(items, Ranks()) == items
+
+
+def test_worker_pool_gets_the_longest_sequences_first_ties_in_dataset_order(tmp_path):
+    def seq(name, n):
+        return VOSSequence(name, tuple(tmp_path / f"{t:05d}.jpg" for t in range(n)), (None,) * n)
+
+    lengths = {"a": 50, "b": 80, "c": 84, "d": 75, "e": 104, "f": 80}
+    jobs = [_Job(seq(n, k), "semi", tmp_path, "h", {}, 0) for n, k in lengths.items()]
+    assert [j.sequence.name for j in submission_order(jobs)] == ["e", "c", "b", "f", "d", "a"]
+    assert [j.sequence.name for j in jobs] == list("abcdef")  # the caller's list is untouched
 
 
 def test_rank_layout_comes_from_the_torchrun_environment(monkeypatch):

@@ -515,6 +515,11 @@ def _run_in_process(jobs: list[_Job], spec: ModelSpec, quiet: bool, ranks: Ranks
     return records
 
 
+def submission_order(jobs: Sequence[_Job]) -> list[_Job]:
+    """Jobs longest-first (by frame count; ties keep the dataset order) for the worker pool."""
+    return sorted(jobs, key=lambda j: -len(j.sequence))
+
+
 def _run_pool(jobs: list[_Job], spec: ModelSpec, workers: int, threads: int, quiet: bool,
               ranks: Ranks) -> list[dict[str, Any]]:
     import queue as queue_mod
@@ -535,7 +540,10 @@ def _run_pool(jobs: list[_Job], spec: ModelSpec, workers: int, threads: int, qui
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
                                initargs=(spec, threads, progress))
     try:
-        pending: set[Future] = {pool.submit(_worker_run, job) for job in jobs}
+        # Longest sequences first: workers take jobs in submission order, so a long video submitted last
+        # would leave the other workers idle while it runs (LPT scheduling bounds the tail by the
+        # shortest videos instead).
+        pending: set[Future] = {pool.submit(_worker_run, job) for job in submission_order(jobs)}
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             drain()
