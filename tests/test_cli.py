@@ -65,6 +65,18 @@ def test_non_empty_output_folder_is_refused_unless_forced(video_folder, capsys):
     assert main(args + ["--force"]) == 0
 
 
+def test_a_bad_frame_mid_video_names_it_and_leaves_no_half_written_overlay(video_folder, capsys):
+    root, _ = video_folder
+    Image.new("RGB", (64, 64)).save(root / "frames" / "img_4.jpg")  # a frame of another size
+    overlay = root / "ov.mp4"
+    rc = main(["propagate", str(root / "frames"), "--mask", str(root / "first.png"), "--out", str(root / "out"),
+               "--weights", "random", "--quiet", "--overlay", str(overlay)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "img_4.jpg" in err and "Traceback" not in err
+    assert not [p.name for p in root.iterdir() if "ov.mp4" in p.name]  # neither the video nor its temporary file
+    assert (root / "out" / "img_3.png").exists() and not (root / "out" / "img_4.png").exists()
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing-source", "not found"),
     ("missing-mask", "mask file not found"),

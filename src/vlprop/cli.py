@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -62,20 +63,12 @@ def _make_propagator(args: argparse.Namespace, void: int | None = 255):
     return ModelSpec.from_args(args).build(void=void)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise InputError(f"output folder {out} is not empty; choose another --out or pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 # --------------------------------------------------------------------------- propagate
 def cmd_propagate(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .io.files import atomic_path
+    from .io.files import atomic_path, prepare_output_dir
     from .io.masks import overlay, write_mask
     from .io.render import VideoWriter
     from .io.video import open_frames
@@ -92,15 +85,15 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         args.preset = "dul"
     src = open_frames(args.source)
     out = Path(args.out)
-    _prepare_out(out, args.force)
+    prepare_output_dir(out, args.force)
     masks = {args.mask_frame: args.mask} if args.mask else None
     prop = _make_propagator(args, void=None if args.no_void else args.void)
-    writer = VideoWriter(args.overlay, fps=args.fps) if args.overlay else None
     probs_dir = out / "probs" if args.save_probs else None
     t0 = time.perf_counter()
     n = 0
-    bar = tqdm(total=len(src), unit="frame", desc="propagating", disable=args.quiet)
-    try:
+    # the overlay is written to a temporary file and renamed when complete; an error discards it
+    with (VideoWriter(args.overlay, fps=args.fps) if args.overlay else contextlib.nullcontext()) as writer, \
+            tqdm(total=len(src), unit="frame", desc="propagating", disable=args.quiet) as bar:
         for r in prop.run(src, masks=masks, annotations=args.annotations):
             write_mask(out / f"{r.name}.png", r.mask)
             if probs_dir is not None and r.probs is not None:
@@ -111,14 +104,6 @@ def cmd_propagate(args: argparse.Namespace) -> int:
                 writer.write(overlay(r.image, r.mask))
             n += 1
             bar.update(1)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        bar.close()
-    if writer is not None:
-        writer.close()
     dt = time.perf_counter() - t0
     print(f"wrote {n} masks to {out} ({dt:.1f} s, {n / max(dt, 1e-9):.2f} frames/s)")
     if args.overlay:
@@ -159,12 +144,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .demo import iou, synthetic_video
+    from .io.files import prepare_output_dir
     from .io.masks import overlay, write_mask
     from .io.render import VideoWriter
     from .session import Propagator
 
     out = Path(args.out)
-    _prepare_out(out, args.force)
+    prepare_output_dir(out, args.force)
     # the model first: a bad option fails before anything is written into --out
     prop = Propagator(preset=args.preset, weights=args.weights, device=args.device, input_scale=args.input_scale)
     vid = synthetic_video(num_frames=args.frames, height=240, width=320, seed=args.seed)

@@ -43,3 +43,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def prepare_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create the output folder ``out``; refuse a file there, or a non-empty folder unless ``force``."""
+    from ..errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise InputError(f"output folder {out} is not empty; choose another --out or pass --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

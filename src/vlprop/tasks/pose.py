@@ -543,12 +543,13 @@ def propagator_from_args(args, outside: str = "error") -> KeypointPropagator:
 def run_keypoint_propagate(args) -> int:
     """``vlprop propagate SOURCE --keypoints FIRST.json --out DIR``: writes ``<out>/keypoints.json`` and
     ``<out>/keypoints.csv`` (+ ``<out>/track.csv`` with ``--track``, the overlay video with ``--overlay``)."""
+    import contextlib
     import time
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from ..io.files import atomic_write_text
+    from ..io.files import atomic_write_text, prepare_output_dir
     from ..io.keypoints import read_keypoints, write_keypoints_csv, write_keypoints_json
     from ..io.render import VideoWriter
     from ..io.render_pose import PoseRenderer
@@ -561,20 +562,17 @@ def run_keypoint_propagate(args) -> int:
     seq = read_keypoints(kp_path)
     src = open_frames(args.source)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not getattr(args, "force", False):
-        raise InputError(f"output folder {out} is not empty; choose another --out or pass --force to overwrite")
+    prepare_output_dir(out, getattr(args, "force", False))
     prop = propagator_from_args(args, outside="error")
     overlay = getattr(args, "overlay", None)
-    writer = VideoWriter(overlay, fps=getattr(args, "fps", 24.0)) if overlay else None
     renderer = PoseRenderer(seq.num_keypoints, skeleton=seq.skeleton, trail=getattr(args, "trail", 8)) \
-        if writer is not None else None
+        if overlay else None
     frames, xy, vis, conf, track_rows = [], [], [], [], []
     quiet = getattr(args, "quiet", False)
-    bar = tqdm(total=len(src), unit="frame", desc="propagating keypoints", disable=quiet)
     t0 = time.perf_counter()
-    try:
+    # the overlay is written to a temporary file and renamed when complete; an error discards it
+    with (VideoWriter(overlay, fps=getattr(args, "fps", 24.0)) if overlay else contextlib.nullcontext()) as writer, \
+            tqdm(total=len(src), unit="frame", desc="propagating keypoints", disable=quiet) as bar:
         for r in prop.run(src, seq, start=getattr(args, "keypoints_frame", None), box=getattr(args, "box", None),
                           keep_images=writer is not None):
             frames.append(r.index)
@@ -586,16 +584,7 @@ def run_keypoint_propagate(args) -> int:
             if writer is not None:
                 writer.write(renderer.render(r.image, r.xy, r.visible, r.box))
             bar.update(1)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        bar.close()
-    if writer is not None:
-        writer.close()
     result = KeypointSequence(seq.names, frames, np.stack(xy), np.stack(vis), np.stack(conf), seq.skeleton)
-    out.mkdir(parents=True, exist_ok=True)
     write_keypoints_json(out / "keypoints.json", result)
     write_keypoints_csv(out / "keypoints.csv", result)
     if track_rows:
