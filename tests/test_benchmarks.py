@@ -49,3 +49,13 @@ def test_window_kernel_benchmark_counts_the_tiling_flops(capsys, window, radius,
     assert float(row[2]) == pytest.approx(flops / 1e9, rel=0.006)
     dense_gflop = float(out.split("dense first frame: ")[1].split(" ms, ")[1].split(" GFLOP")[0])
     assert dense_gflop == pytest.approx(2 * (16 * 24) ** 2 * 32 / 1e9, rel=0.006)
+
+
+def test_dense_workspace_benchmark_compares_equal_outputs(capsys):
+    bench = _load("dense_workspace")
+    assert bench.main(["--grids", "12x20", "30x7", "--chunk", "50", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for grid, cells in (("12x20", 240), ("30x7", 210)):
+        (row,) = _rows(out, grid)
+        assert float(row[1]) == pytest.approx(50 * cells * 4 / 2**20, abs=0.5)  # chunk MB of the tiling
+        assert float(row[9]) == 0.0  # both ways compute the same top-k values

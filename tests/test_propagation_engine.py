@@ -135,6 +135,22 @@ def test_engine_equals_naive_with_compat_quirks(name):
         assert torch.allclose(g, e, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("cfg", [CONFIGS["no-window"], CONFIGS["per-frame-before-restriction-disk"],
+                                 get_preset("waldmann-davis", compat=True).propagation], ids=str)
+def test_dense_matches_in_many_chunks_share_one_buffer_and_equal_the_reference(cfg):
+    """Chunks of 7 target rows all land in one workspace per frame (masked in place for the
+    restricted-dense paths); stale values of an earlier chunk or context frame must not leak into a later
+    one, and the buffer is released after each frame."""
+    feats, labels = random_video(T=6, seed=5)
+    expected = naive_video(cfg, feats, labels)
+    eng = PropagationEngine(cfg, dtype=torch.float64, chunk=7)
+    eng.reset(feats[0], labels)
+    for t in range(1, feats.shape[0]):
+        got = eng.step(feats[t])
+        assert torch.allclose(got, expected[t - 1], atol=1e-5, rtol=0), f"frame {t}"
+        assert eng._workspace is None
+
+
 def test_window_tiles_larger_than_grid_and_odd_sizes():
     cfg = PropagationConfig(window="disk", radius=12, topk=10, context=2)
     feats, labels = random_video(T=4, h=5, w=31, seed=3)

@@ -76,6 +76,18 @@ def _reduce_stat(a: torch.Tensor, reduce: str | None, temperature: float) -> tor
     raise ValueError(f"unknown reduction {reduce!r}")
 
 
+def _fits(workspace: torch.Tensor | None, numel: int, like: torch.Tensor) -> bool:
+    return workspace is not None and workspace.numel() >= numel and workspace.dtype == like.dtype \
+        and workspace.device == like.device
+
+
+def dense_workspace(workspace: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
+                    chunk: int) -> torch.Tensor:
+    """``workspace`` if it fits a :func:`dense_topk` call on these inputs, else a new one that does."""
+    numel = min(chunk, query.shape[0]) * key.shape[0]
+    return workspace if _fits(workspace, numel, query) else query.new_empty(numel)
+
+
 def dense_topk(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -86,6 +98,7 @@ def dense_topk(
     reduce_before_mask: bool = False,
     temperature: float = 1.0,
     chunk: int = 2048,
+    workspace: torch.Tensor | None = None,
 ) -> TopK:
     """Top-k of ``query [N, D] @ key [M, D]^T`` row by row, in chunks of ``chunk`` query rows.
 
@@ -93,6 +106,11 @@ def dense_topk(
         disallowed entries are set to ``masked_value`` (``-inf`` excludes them; ``0`` reproduces WALD's
         mask-before-exp quirk).
     reduce / reduce_before_mask: statistic of the candidate set, computed before or after the mask.
+    workspace: optional 1-D tensor of the query's dtype and device with at least ``min(chunk, N) * M``
+        elements that receives each chunk's affinities (the engine shares one among a frame's dense matches); without it, or
+        if it does not fit, one chunk buffer is allocated per call. Either way every chunk reuses the same memory: a fresh ``chunk x M`` block per
+        chunk is above glibc's mmap threshold, so the kernel would zero-fill and fault in its pages every
+        time (a fifth of the CPU time of a 120x214-grid run went to that).
     """
     n, m = query.shape[0], key.shape[0]
     kk = m if k <= 0 else min(k, m)
@@ -100,14 +118,17 @@ def dense_topk(
     index = torch.empty(n, kk, dtype=torch.long)
     stat = torch.empty(n, dtype=query.dtype) if reduce else None
     key_t = key.t()
+    rows = min(chunk, n)
+    if not _fits(workspace, rows * m, query):
+        workspace = query.new_empty(rows * m)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        a = query[s:e] @ key_t
+        a = torch.mm(query[s:e], key_t, out=workspace[: (e - s) * m].view(e - s, m))
         if reduce and reduce_before_mask:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
         if allowed is not None:
             mask = allowed(s, e) if callable(allowed) else allowed[s:e]
-            a = a.masked_fill(~mask, masked_value)
+            a.masked_fill_(~mask, masked_value)
         if reduce and not reduce_before_mask:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
         v, i = torch.topk(a, kk, dim=1)

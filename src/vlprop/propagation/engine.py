@@ -19,6 +19,7 @@ from ..errors import InputError
 from .affinity import (
     TopK,
     dense_topk,
+    dense_workspace,
     l2_normalize,
     pad_channels_last,
     query_tiles,
@@ -65,6 +66,7 @@ class PropagationEngine:
         self._long: list[_Entry] = []
         self._short: collections.deque[_Entry] = collections.deque(maxlen=max(config.context, 0) or None)
         self._num_channels = 0
+        self._workspace: torch.Tensor | None = None  # chunk buffer of the frame's dense matches
 
     # ------------------------------------------------------------------ memory
     @property
@@ -164,15 +166,21 @@ class PropagationEngine:
         D, h, w = q.shape
         qflat = q.reshape(D, h * w).t()
         restricted = entry.restricted and self._offsets is not None
-        if not restricted:
-            return dense_topk(qflat, entry.flat, k, reduce=reduce, temperature=cfg.temperature, chunk=self.chunk)
         before = cfg.norm_stage == "before-restriction"
-        if before or cfg.compat_mask_before_exp:
+        if not restricted or before or cfg.compat_mask_before_exp:
+            # one chunk buffer for every dense match of this frame (see dense_topk's `workspace`)
+            self._workspace = dense_workspace(self._workspace, qflat, entry.flat, self.chunk)
+            if not restricted:
+                return dense_topk(qflat, entry.flat, k, reduce=reduce, temperature=cfg.temperature,
+                                  chunk=self.chunk, workspace=self._workspace)
             mask = self._dense_mask(h, w)
             return dense_topk(qflat, entry.flat, k, allowed=lambda s, e: mask[s:e],
                               masked_value=0.0 if cfg.compat_mask_before_exp else float("-inf"),
                               reduce=reduce, reduce_before_mask=before, temperature=cfg.temperature,
-                              chunk=self.chunk)
+                              chunk=self.chunk, workspace=self._workspace)
+        # the dense (long-term) matches come first in context(); their buffer is not needed any more, so the
+        # windowed matches do not add their own peak to it
+        self._workspace = None
         geo = window_geometry(h, w, self._offsets, self.tile)
         if entry.padded is None:
             entry.padded = pad_channels_last(entry.flat.t().reshape(D, h, w), geo)
@@ -209,6 +217,14 @@ class PropagationEngine:
         return e / (e.sum(1, keepdim=True) + zeros)
 
     def _propagate(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
+        try:
+            return self._aggregate(q, entries)
+        finally:
+            # the dense matches of one frame share one chunk buffer; it is not kept between frames, so the
+            # peak memory stays that of a single dense chunk, never one plus the windowed matches' own
+            self._workspace = None
+
+    def _aggregate(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
         cfg = self.cfg
         D, h, w = q.shape
         reduce = None
