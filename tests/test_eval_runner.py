@@ -105,6 +105,20 @@ def test_worker_pool_gets_the_longest_sequences_first_ties_in_dataset_order(tmp_
     assert [j.sequence.name for j in jobs] == list("abcdef")  # the caller's list is untouched
 
 
+def test_sequences_are_sharded_by_frame_count_longest_first_to_the_least_loaded_rank():
+    cost = {"a": 5, "b": 4, "c": 3, "d": 3, "e": 3}.__getitem__
+    items = list("abcde")
+    assert shard(items, Ranks(0, 2), cost) == ["a", "d"]         # 5 + 3
+    assert shard(items, Ranks(1, 2), cost) == ["b", "c", "e"]    # 4 + 3 + 3 (round robin: 11 vs 7)
+    lengths = [50, 80, 84, 75, 104, 60, 52, 50, 49, 80]  # the DAVIS-2016 val-dev videos
+    shares = [shard(list(range(10)), Ranks(r, 2), lengths.__getitem__) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(10))
+    # by hand: 104->r0, 84->r1, 80->r1, 80->r0, 75->r1, 60->r0, 52->r1, 50->r0, 50->r1, 49->r0;
+    # round robin would give 339 / 345 frames
+    assert [sum(lengths[i] for i in s) for s in shares] == [343, 341]
+    assert shard(items, Ranks(), cost) == items
+
+
 def test_rank_layout_comes_from_the_torchrun_environment(monkeypatch):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)

@@ -2,7 +2,7 @@
 
 An evaluation launched with ``torchrun --nproc_per_node=N -m vlprop.cli eval vos ...`` runs one
 process per rank (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` set by torchrun).
-Sequences are sharded deterministically (sequence ``i`` -> rank ``i % world_size``); every rank
+Sequences are sharded deterministically, balanced by frame count (see :func:`shard`); every rank
 writes its own predictions and done markers to the shared output folder; the ranks then exchange
 one status object each (which doubles as the barrier), and rank 0 scores everything.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -78,9 +78,25 @@ def init_ranks(timeout_s: float = DEFAULT_TIMEOUT_S) -> Ranks:
     return ranks
 
 
-def shard(items: Sequence[T], ranks: Ranks) -> list[T]:
-    """Items ``i`` with ``i % world_size == rank``, in their original order."""
-    return [x for i, x in enumerate(items) if i % ranks.world_size == ranks.rank]
+def shard(items: Sequence[T], ranks: Ranks, cost: Callable[[T], float] | None = None) -> list[T]:
+    """This rank's share of ``items``, in their original order.
+
+    Without ``cost``: items ``i`` with ``i % world_size == rank``. With ``cost`` (e.g. a video's frame
+    count): longest-processing-time-first balancing -- items by decreasing cost (ties in list order), each
+    to the rank with the least total so far (ties to the lower rank) -- so no rank is left with several
+    long videos while others idle. Every rank computes the same assignment from the same list.
+    """
+    n = ranks.world_size
+    if cost is None:
+        return [x for i, x in enumerate(items) if i % n == ranks.rank]
+    costs = [float(cost(x)) for x in items]
+    load = [0.0] * n
+    owner = [0] * len(items)
+    for i in sorted(range(len(items)), key=lambda j: (-costs[j], j)):
+        r = min(range(n), key=lambda q: (load[q], q))
+        owner[i] = r
+        load[r] += costs[i]
+    return [x for i, x in enumerate(items) if owner[i] == ranks.rank]
 
 
 def gather_objects(obj: Any, ranks: Ranks) -> list[Any]:

@@ -15,9 +15,9 @@ settings (another preset, backbone, weights file, dataset kind or ``max_frames``
 with an error naming the differences, unless ``force`` (then those sequences are recomputed).
 
 Parallelism. ``workers`` processes share the sequences (spawned, each with its own propagator and
-``max(1, cores // (workers * local ranks))`` torch threads). Under ``torchrun`` the sequences are
-also sharded over ranks (sequence ``i`` -> rank ``i % world_size``, see
-:mod:`vlprop.eval.distributed`); after all ranks are done rank 0 scores and writes the tables.
+``max(1, cores // (workers * local ranks))`` torch threads; they take the longest sequences first).
+Under ``torchrun`` the sequences are also sharded over ranks, balanced by frame count (see
+:func:`vlprop.eval.distributed.shard`); after all ranks are done rank 0 scores and writes the tables.
 
 Outputs in ``<out>``: ``global_results.csv`` (the official global columns), ``per-sequence_results.csv``
 (rows ``<seq>_<objid>``), ``results.md``, ``results.json`` (per-frame J/F) and ``protocol.json``
@@ -687,7 +687,7 @@ def evaluate_vos(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLi
                 f"{out} holds results of other settings for {len(stale)} sequence(s) (e.g. {first_name}, see "
                 f"{marker_path(out, first_name)}): {_settings_diff(first.get('settings', {}), settings)}. "
                 f"Use another --out, or pass --force to recompute them with the new settings")
-        mine = shard(seqs, ranks)
+        mine = shard(seqs, ranks, cost=len)  # balanced by frame count
         todo = [s for s in mine if not _is_finished(out, s, markers.get(s.name), digest)]
         resumed = [s.name for s in mine if s not in todo]
         if resumed:
