@@ -76,16 +76,13 @@ def _reduce_stat(a: torch.Tensor, reduce: str | None, temperature: float) -> tor
     raise ValueError(f"unknown reduction {reduce!r}")
 
 
-def _fits(workspace: torch.Tensor | None, numel: int, like: torch.Tensor) -> bool:
-    return workspace is not None and workspace.numel() >= numel and workspace.dtype == like.dtype \
-        and workspace.device == like.device
-
-
 def dense_workspace(workspace: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
                     chunk: int) -> torch.Tensor:
     """``workspace`` if it fits a :func:`dense_topk` call on these inputs, else a new one that does."""
     numel = min(chunk, query.shape[0]) * key.shape[0]
-    return workspace if _fits(workspace, numel, query) else query.new_empty(numel)
+    fits = workspace is not None and workspace.numel() >= numel and workspace.dtype == query.dtype \
+        and workspace.device == query.device
+    return workspace if fits else query.new_empty(numel)
 
 
 def dense_topk(
@@ -106,11 +103,11 @@ def dense_topk(
         disallowed entries are set to ``masked_value`` (``-inf`` excludes them; ``0`` reproduces WALD's
         mask-before-exp quirk).
     reduce / reduce_before_mask: statistic of the candidate set, computed before or after the mask.
-    workspace: optional 1-D tensor of the query's dtype and device with at least ``min(chunk, N) * M``
-        elements that receives each chunk's affinities (the engine shares one among a frame's dense matches); without it, or
-        if it does not fit, one chunk buffer is allocated per call. Either way every chunk reuses the same memory: a fresh ``chunk x M`` block per
-        chunk is above glibc's mmap threshold, so the kernel would zero-fill and fault in its pages every
-        time (a fifth of the CPU time of a 120x214-grid run went to that).
+    workspace: optional 1-D buffer for each chunk's affinities (:func:`dense_workspace`; the engine shares
+        one among a frame's dense matches); without it, or if it does not fit, one is allocated per call.
+        Either way all chunks reuse the same memory: a fresh ``chunk x M`` block per chunk is above glibc's
+        mmap threshold, so the kernel would zero-fill and fault in its pages every time (a fifth of the CPU
+        time of a 120x214-grid run went to that).
     """
     n, m = query.shape[0], key.shape[0]
     kk = m if k <= 0 else min(k, m)
@@ -118,9 +115,7 @@ def dense_topk(
     index = torch.empty(n, kk, dtype=torch.long)
     stat = torch.empty(n, dtype=query.dtype) if reduce else None
     key_t = key.t()
-    rows = min(chunk, n)
-    if not _fits(workspace, rows * m, query):
-        workspace = query.new_empty(rows * m)
+    workspace = dense_workspace(workspace, query, key, chunk)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         a = torch.mm(query[s:e], key_t, out=workspace[: (e - s) * m].view(e - s, m))
