@@ -220,8 +220,8 @@ class PropagationEngine:
         try:
             return self._aggregate(q, entries)
         finally:
-            # the dense matches of one frame share one chunk buffer; it is not kept between frames, so the
-            # peak memory stays that of a single dense chunk, never one plus the windowed matches' own
+            # the dense matches of one frame share one chunk buffer (dropped earlier, before the first windowed
+            # match, in _frame_topk); it is never kept between frames
             self._workspace = None
 
     def _aggregate(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
