@@ -618,3 +618,28 @@ def test_lab_colorspace_known_values():
     ext = FeatureExtractor(_PassThrough(), colorspace="lab_l", mean=(0, 0, 0), std=(1, 1, 1))
     grey = ext(np.full((4, 4, 3), 255, np.uint8))
     torch.testing.assert_close(grey, torch.ones(3, 4, 4), rtol=0, atol=1e-5)
+
+
+def test_preprocessing_rounds_input_to_the_patch_multiple():
+    from vlprop.backbones import FeatureExtractor, Preprocessing, create_backbone
+
+    net = create_backbone("resnet18", stride=8, layer="res3", weights="random")
+    ext = FeatureExtractor(net, preprocessing=Preprocessing(size_multiple=16, name="vit"))
+    # 480x854 -> 480x848 (854/16 = 53.4 -> 53), 100x10 -> 96x16 (at least one multiple)
+    assert ext.resized_size(480, 854) == (480, 848)
+    assert ext.resized_size(100, 10) == (96, 16)
+    assert ext.preprocessing.name == "vit"
+    ext1 = FeatureExtractor(net, short_side=240, preprocessing=Preprocessing(size_multiple=8))
+    assert ext1.resized_size(480, 854) == (240, 424)  # 427 -> nearest multiple of 8 = 424
+    assert FeatureExtractor(net).preprocessing.name == "imagenet"
+
+
+def test_backbone_preprocessing_is_used_by_the_extractor():
+    import torch
+    from vlprop.backbones import FeatureExtractor, Preprocessing, create_backbone
+
+    net = create_backbone("resnet18", stride=8, layer="res3", weights="random")
+    net.preprocessing = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name="half")
+    ext = FeatureExtractor(net)
+    x = ext.preprocess(torch.full((1, 3, 8, 8), 0.75))
+    assert torch.allclose(x, torch.full_like(x, 0.5))

@@ -9,14 +9,15 @@ geo = ext.geometry(*frame.shape[:2])  # GridGeometry of that grid
 ```
 """
 from vlprop.backbones.colorspace import COLORSPACES, LAB_MEAN, LAB_STD, rgb_to_lab
-from vlprop.backbones.extractor import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, frame_to_tensor
+from vlprop.backbones.extractor import FeatureExtractor, frame_to_tensor
+from vlprop.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from vlprop.backbones.registry import create_backbone, list_backbones, register_backbone
 from vlprop.backbones.resnet import LAYERS, ResNetBackbone
 from vlprop.backbones.weights import FORMATS, KEY_MAPS, load_weights, open_checkpoint, save_checkpoint
 
 __all__ = [
     "create_backbone", "list_backbones", "register_backbone",
-    "FeatureExtractor", "frame_to_tensor", "IMAGENET_MEAN", "IMAGENET_STD",
+    "FeatureExtractor", "frame_to_tensor", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing",
     "load_weights", "open_checkpoint", "save_checkpoint", "FORMATS", "KEY_MAPS",
     "ResNetBackbone", "LAYERS", "COLORSPACES", "LAB_MEAN", "LAB_STD", "rgb_to_lab",
 ]

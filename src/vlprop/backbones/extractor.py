@@ -16,12 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vlprop.backbones.colorspace import COLORSPACES, convert_colorspace
+from vlprop.backbones.colorspace import convert_colorspace
+from vlprop.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from vlprop.errors import InputError
 from vlprop.geometry import GridGeometry
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Values of float frames may exceed [0, 1] by this much (rounding of upstream conversions).
 _RANGE_TOLERANCE = 1e-3
 
@@ -109,16 +107,21 @@ class FeatureExtractor:
         dtype: dtype of the network parameters and inputs (e.g. ``torch.float16`` on GPU).
         colorspace: ``rgb`` (default), ``lab`` (MAST/LIIR) or ``lab_l`` (UVC grey); see
             :mod:`vlprop.backbones.colorspace`.
+        preprocessing: a :class:`~vlprop.backbones.preprocessing.Preprocessing` (mean, std, colour
+            space, size multiple) that replaces ``mean``/``std``/``colorspace``; by default the
+            backbone's own ``net.preprocessing`` when it has one (the input its weights expect).
 
     Resizing is bilinear (``align_corners=False``), antialiased when shrinking, with sizes
     rounded half-up: ``short_side`` gives ``(S, round(W*S/H))`` for ``H <= W``; ``input_scale``
-    gives ``(round(H*k), round(W*k))``.
+    gives ``(round(H*k), round(W*k))``. A ``size_multiple`` > 1 (ViT patch size) then rounds each
+    side half-up to the nearest multiple.
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu",
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  input_scale: float = 1.0, short_side: int | None = None, batch_size: int = 4,
-                 autocast: bool = False, dtype: torch.dtype = torch.float32, colorspace: str = "rgb") -> None:
+                 autocast: bool = False, dtype: torch.dtype = torch.float32, colorspace: str = "rgb",
+                 preprocessing: Preprocessing | None = None) -> None:
         stride = getattr(net, "stride", None)
         if not isinstance(stride, int) or stride < 1:
             raise InputError(f"the backbone must have a positive integer .stride, got {stride!r}")
@@ -131,10 +134,14 @@ class FeatureExtractor:
                 raise InputError("give either short_side or input_scale, not both")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if colorspace not in COLORSPACES:
-            raise InputError(f"colorspace must be one of {COLORSPACES}, got {colorspace!r}")
-        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise InputError(f"mean and std need 3 values with std > 0, got mean={mean!r}, std={std!r}")
+        if preprocessing is None:
+            preprocessing = getattr(net, "preprocessing", None)
+        if preprocessing is None:
+            preprocessing = Preprocessing(mean=tuple(mean), std=tuple(std), colorspace=colorspace,
+                                          name="imagenet" if (tuple(mean), tuple(std), colorspace) ==
+                                          (IMAGENET_MEAN, IMAGENET_STD, "rgb") else "custom")
+        elif not isinstance(preprocessing, Preprocessing):
+            raise InputError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
@@ -146,9 +153,10 @@ class FeatureExtractor:
         self.short_side = short_side
         self.batch_size = batch_size
         self.autocast = bool(autocast)
-        self.colorspace = colorspace
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.preprocessing = preprocessing
+        self.colorspace = preprocessing.colorspace
+        self._mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(preprocessing.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     @property
     def out_dim(self) -> int | None:
@@ -162,11 +170,14 @@ class FeatureExtractor:
         if self.short_side is not None:
             scale = self.short_side / min(height, width)
             if height <= width:
-                return self.short_side, max(1, _round_half_up(width * scale))
-            return max(1, _round_half_up(height * scale)), self.short_side
-        if self.input_scale == 1.0:
-            return int(height), int(width)
-        return max(1, _round_half_up(height * self.input_scale)), max(1, _round_half_up(width * self.input_scale))
+                size = self.short_side, max(1, _round_half_up(width * scale))
+            else:
+                size = max(1, _round_half_up(height * scale)), self.short_side
+        elif self.input_scale == 1.0:
+            size = int(height), int(width)
+        else:
+            size = max(1, _round_half_up(height * self.input_scale)), max(1, _round_half_up(width * self.input_scale))
+        return self.preprocessing.round_size(*size)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Feature grid ``(h, w)`` for a ``height x width`` frame (after resizing)."""
