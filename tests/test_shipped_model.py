@@ -10,7 +10,8 @@ import torch
 
 import vlprop
 from vlprop.demo import iou, synthetic_video
-from vlprop.session import Propagator, resolve_weights
+from vlprop.model import resolve_weights
+from vlprop.session import Propagator
 
 MODELS = Path(vlprop.__file__).parent / "models"
 SHIPPED = MODELS / "vlprop-dul-r18.pt"

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from test_train_support import TinyBackbone, make_dataset, textured_frames, write_frame_folder
 from vlprop.errors import InputError
-from vlprop.train import TrainConfig, Trainer, resolve_run_weights, train_main
+from vlprop.cli.train import train_main
+from vlprop.train import TrainConfig, Trainer, resolve_run_weights
 from vlprop.train.logs import RunLog, read_csv
 
 

@@ -129,13 +129,17 @@ class KeypointConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Feature extraction used by the reference: layer of a ResNet, stride, input scaling."""
+    """Feature extraction used by the reference: layer of a ResNet, stride, input scaling.
+
+    backbone: the backbone the preset runs on when the user names none (``None``: the default model's).
+    """
 
     layer: str = "res3"
     stride: int = 8
     input_scale: float = 1.0
     short_side: int | None = None
     reference_backbone: str = ""
+    backbone: str | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from .geometry import GridGeometry
 from .io.masks import read_mask
 from .io.video import FrameSource, open_frames
 from .labels.masks import decode_probs, encode_mask, probs_to_mask
+from .model import ModelSpec
 from .propagation.engine import PropagationEngine
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,6 @@ class _Group:
     active: set[int] = field(default_factory=set)
 
 
-def resolve_weights(weights: str | Path | None) -> str | Path:
-    """``None``/``"default"`` -> the model shipped in the package if present, else seeded random init."""
-    if weights in (None, "default"):
-        shipped = Path(__file__).parent / "models" / "vlprop-dul-r18.pt"
-        if shipped.exists():
-            return shipped
-        log.warning("no shipped model found; using a seeded random-init backbone (weights='random')")
-        return "random"
-    if isinstance(weights, (str, Path)) and Path(weights).is_dir():  # a training run directory
-        from .train import resolve_run_weights
-
-        return resolve_run_weights(weights)
-    return weights
-
-
 class Propagator:
     """Propagate object masks through a video.
 
@@ -75,34 +61,42 @@ class Propagator:
 
     Args:
         preset: name of a preset (``vlprop presets``) or a :class:`~vlprop.config.Preset`.
-        backbone: registered backbone name (``resnet18``, ``resnet50``, ...).
-        weights: ``"default"`` (shipped model), ``"random"`` (seeded), ``"imagenet"`` or a checkpoint path.
+        backbone: registered backbone name (``resnet18``, ``efficientnet_lite0``, ``dino_vits16`` ...); ``None``:
+            the named model's / the preset's (see :mod:`vlprop.model`).
+        weights: ``"default"`` (the default model), ``"random"`` (seeded), ``"imagenet"``, a checkpoint file or a
+            training run folder.
         layer, stride, input_scale, short_side: override the preset's feature settings.
         compat: reproduce the reference's documented quirks (see the preset's ``compat_flags``).
         void: mask value that marks "unknown" pixels (not background, not an object); None for none.
         overrides: any propagation/label setting (``topk=5``, ``radius=8``, ...).
+        model: a :class:`~vlprop.model.ModelSpec` instead of the separate model arguments above.
+        extractor: use this feature extractor (anything with ``extract_batch``, ``geometry`` and ``batch_size``)
+            instead of building one from the model arguments.
     """
 
-    def __init__(self, preset: str | Preset = "dul", backbone: str = "resnet18", weights: Any = "default",
+    def __init__(self, preset: str | Preset | None = None, backbone: str | None = None, weights: Any = "default",
                  device: str = "cpu", layer: str | None = None, stride: int | None = None,
                  input_scale: float | None = None, short_side: int | None = None, compat: bool = False,
                  seed: int = 0, batch_size: int = 4, autocast: bool = False, void: int | None = 255,
-                 extractor: Any = None, **overrides: Any):
-        self.preset = get_preset(preset, compat=compat, layer=layer, stride=stride, input_scale=input_scale,
-                                 short_side=short_side, **overrides)
+                 extractor: Any = None, model: ModelSpec | None = None, **overrides: Any):
         self.void = void
+        if model is None:
+            model = ModelSpec(preset=preset, backbone=backbone, weights=weights, layer=layer, stride=stride,
+                              input_scale=input_scale, short_side=short_side, device=device, seed=seed,
+                              compat=compat, overrides=tuple(sorted(overrides.items())))
         if extractor is None:
-            from .backbones import FeatureExtractor, create_backbone
-
-            self.weights = resolve_weights(weights)
-            feats = self.preset.features
-            net = create_backbone(backbone, stride=feats.stride, layer=feats.layer, weights=self.weights, seed=seed)
-            extractor = FeatureExtractor(net, device=device, input_scale=feats.input_scale,
-                                         short_side=feats.short_side, batch_size=batch_size, autocast=autocast)
-        else:
+            resolved = model.resolve(default_preset="dul")
+            self.preset = resolved.preset
+            self.weights = resolved.weights
+            self.backbone = resolved.backbone
+            extractor = resolved.extractor(batch_size=batch_size, autocast=autocast)
+        else:  # features come from the caller: only the propagation settings are resolved
+            self.preset = get_preset(model.preset if model.preset is not None else "dul", compat=model.compat,
+                                     layer=model.layer, stride=model.stride, input_scale=model.input_scale,
+                                     short_side=model.short_side, **dict(model.overrides))
             self.weights = weights
+            self.backbone = backbone
         self.extractor = extractor
-        self.backbone = backbone
 
     # ----------------------------------------------------------------- labels
     def _load_masks(self, masks: Mapping | None, annotations: str | Path | None,

@@ -73,17 +73,24 @@ def list_backbones(pattern: str | None = None) -> list[str]:
     return names
 
 
+def backbone_factory(name: str) -> Factory:
+    """The factory registered as ``name``; an unknown name raises :class:`~vlprop.errors.InputError`
+    listing the known ones. Factories may advertise the values they accept as ``factory.layers`` and
+    ``factory.strides`` (the model layer uses them to tell which of a preset's settings apply)."""
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(_REGISTRY))}") from None
+
+
 def create_backbone(name: str, **kwargs) -> nn.Module:
     """Build the backbone registered as ``name`` with the factory's keyword arguments.
 
     Raises :class:`~vlprop.errors.InputError` for an unknown name (the message lists the known
     names) and for keyword arguments the factory does not accept.
     """
-    _ensure_builtins()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise InputError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(_REGISTRY))}") from None
+    factory = backbone_factory(name)
     try:
         return factory(**kwargs)
     except TypeError as exc:

@@ -333,6 +333,8 @@ def _register(spec: ResNetSpec) -> None:
     factory.__name__ = factory.__qualname__ = spec.arch
     factory.__doc__ = _factory_doc(spec)
     factory.spec = spec  # type: ignore[attr-defined]
+    factory.layers = (*LAYERS, *_LAYER_ALIASES)  # type: ignore[attr-defined]
+    factory.strides = _STRIDES  # type: ignore[attr-defined]
     register_backbone(factory)
     globals()[spec.arch] = factory
 

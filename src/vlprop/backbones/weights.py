@@ -26,6 +26,7 @@ vlprop         ``["state_dict"]``           identity; ``arch``/``layer``/``strid
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import re
@@ -293,8 +294,8 @@ def open_checkpoint(path: str | os.PathLike, weights_format: str | None = None,
         raise CheckpointError(f"weights path is not a file: {p}")
     obj = _torch_load(p, allow_pickle)
 
-    meta = {k: v for k, v in obj.items() if not isinstance(v, (Mapping, torch.Tensor, nn.Module))} \
-        if isinstance(obj, Mapping) else {}
+    meta = {k: v for k, v in obj.items() if not isinstance(v, (Mapping, torch.Tensor, nn.Module))
+            or (k == "preprocessing" and isinstance(v, Mapping))} if isinstance(obj, Mapping) else {}
     if isinstance(obj, Mapping) and obj.get("format") == VLPROP_FORMAT:
         if weights_format not in (None, VLPROP_FORMAT):
             raise CheckpointError(f"{p}: file is a vlprop checkpoint, not {weights_format!r}")
@@ -363,6 +364,15 @@ def load_weights(net: nn.Module, weights: str | os.PathLike | CheckpointFile, we
         net.load_state_dict(full, strict=True)
     except RuntimeError as exc:  # e.g. dtype conversions torch refuses
         raise CheckpointError(f"{ckpt.path}: cannot load into {arch}: {exc}") from None
+    recorded = ckpt.meta.get("preprocessing") if ckpt.format == VLPROP_FORMAT else None
+    if isinstance(recorded, Mapping):  # the input the weights were trained on travels with them
+        from vlprop.backbones.preprocessing import Preprocessing
+
+        try:
+            net.preprocessing = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in recorded.items()})
+        except (TypeError, InputError) as exc:
+            raise CheckpointError(f"{ckpt.path}: invalid recorded preprocessing {recorded!r}: {exc}") from None
     return ckpt.format
 
 
@@ -393,6 +403,9 @@ def save_checkpoint(path: str | os.PathLike, net: nn.Module, *, layer: str | Non
     if not hasattr(net, "config"):
         raise InputError(f"save_checkpoint needs a vlprop backbone (with .config()), got {type(net).__name__}")
     cfg = dict(net.config())
+    pre = getattr(net, "preprocessing", None)
+    if pre is not None:
+        cfg["preprocessing"] = dataclasses.asdict(pre)
     if layer is not None:
         cfg["layer"] = layer
     if stride is not None:

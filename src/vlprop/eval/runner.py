@@ -64,6 +64,7 @@ from vlprop.eval.score import (
 )
 from vlprop.io.files import atomic_write_text
 from vlprop.io.video import Frame, FrameSource
+from vlprop.model import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -120,86 +121,6 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-# ---------------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build the propagator, as plain picklable values (sent to worker processes).
-
-    Mirrors the ``vlprop`` model arguments (``--preset --backbone --weights --layer --input-scale
-    --short-side --device --seed --compat --set KEY=VALUE``); ``overrides`` holds the ``--set`` pairs.
-    """
-
-    preset: str = "dul"
-    backbone: str = "resnet18"
-    weights: str = "default"
-    layer: str | None = None
-    input_scale: float | None = None
-    short_side: int | None = None
-    device: str = "cpu"
-    seed: int = 0
-    compat: bool = False
-    overrides: tuple[tuple[str, Any], ...] = ()
-
-    def resolved_preset(self):
-        """The :class:`~vlprop.config.Preset` the propagator will use (overrides applied)."""
-        from vlprop.config import get_preset
-
-        return get_preset(self.preset, compat=self.compat, layer=self.layer, input_scale=self.input_scale,
-                          short_side=self.short_side, **dict(self.overrides))
-
-    def resolved_weights(self) -> str | Path:
-        from vlprop.session import resolve_weights
-
-        return resolve_weights(self.weights)
-
-    @classmethod
-    def from_args(cls, args: Any) -> "ModelSpec":
-        """From the parsed ``vlprop`` model arguments (``--preset ... --set KEY=VALUE``)."""
-        from vlprop.cli import parse_sets
-
-        overrides = parse_sets(args.set)
-        return cls(preset=args.preset, backbone=args.backbone, weights=args.weights, layer=args.layer,
-                   input_scale=args.input_scale, short_side=args.short_side, device=args.device,
-                   seed=args.seed, compat=args.compat, overrides=tuple(sorted(overrides.items())))
-
-    def build(self, void: int | None = VOID_LABEL):
-        """A :class:`~vlprop.session.Propagator` (void = 255 by default, as in DAVIS / YouTube-VOS)."""
-        from vlprop.session import Propagator
-
-        return Propagator(preset=self.preset, backbone=self.backbone, weights=self.resolved_weights(),
-                          device=self.device, layer=self.layer, input_scale=self.input_scale,
-                          short_side=self.short_side, compat=self.compat, seed=self.seed, void=void,
-                          **dict(self.overrides))
-
-    def weights_record(self) -> dict[str, Any]:
-        """What the weights are: a file (absolute path + SHA-256), ImageNet, or a seeded random init."""
-        w = self.resolved_weights()
-        if isinstance(w, str) and w == "random":
-            return {"kind": "random", "description": f"random seed {self.seed}", "seed": self.seed}
-        if isinstance(w, str) and w == "imagenet":
-            import torchvision
-
-            return {"kind": "imagenet", "description": f"torchvision ImageNet weights of {self.backbone}",
-                    "torchvision": torchvision.__version__}
-        path = Path(w).expanduser()
-        if path.is_dir():
-            raise CheckpointError(f"weights path {path} is a folder; give the checkpoint file inside it")
-        if not path.is_file():
-            raise CheckpointError(f"weights file not found: {path} (give a checkpoint file, 'random' or 'imagenet')")
-        return {"kind": "file", "description": str(path.resolve()), "path": str(path.resolve()),
-                "sha256": _sha256(path), "size_bytes": path.stat().st_size}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weights_identity(record: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a weights record that changes predictions (not the file's location)."""
     return {k: record[k] for k in ("kind", "seed", "sha256") if k in record}
@@ -212,13 +133,14 @@ def run_settings(spec: ModelSpec, dataset: str, mode: str, max_frames: int | Non
     The device, worker count, dataset location and split are left out on purpose: moving the data
     or resuming on another machine must not invalidate finished sequences.
     """
+    resolved = spec.resolve()
     settings = {
         "format": _SETTINGS_FORMAT,
         "dataset": dataset,
         "labels": mode,
         "max_frames": max_frames,
-        "preset": dataclasses.asdict(spec.resolved_preset()),
-        "backbone": spec.backbone,
+        "preset": dataclasses.asdict(resolved.preset),
+        "backbone": resolved.backbone,
         "weights": _weights_identity(weights if weights is not None else spec.weights_record()),
     }
     return json.loads(json.dumps(settings, default=str))  # as stored in the markers (tuples -> lists)
@@ -758,7 +680,8 @@ def _protocol(model: ModelSpec, settings: Mapping[str, Any], digest: str, weight
 
     import vlprop
 
-    preset = model.resolved_preset()
+    resolved = model.resolve()
+    preset = resolved.preset
     scored = {s.name for s in scorable}
     per_seq: dict[str, Any] = {}
     sizes: dict[str, dict[str, Any]] = {}
@@ -794,7 +717,7 @@ def _protocol(model: ModelSpec, settings: Mapping[str, Any], digest: str, weight
         "model_args": {"preset": model.preset, "layer": model.layer, "input_scale": model.input_scale,
                        "short_side": model.short_side, "compat": model.compat, "seed": model.seed,
                        "overrides": dict(model.overrides)},
-        "backbone": model.backbone,
+        "backbone": resolved.backbone,
         "weights": dict(weights),
         "input": {"layer": feats.layer, "stride": feats.stride, "input_scale": feats.input_scale,
                   "short_side": feats.short_side, "sizes": list(sizes.values())},

@@ -46,6 +46,7 @@ from ..geometry import GridGeometry
 from ..io.keypoints import KeypointSequence
 from ..io.video import FrameSource, open_frames
 from ..labels.keypoints import KeypointCodec
+from ..model import ModelSpec
 from ..propagation.engine import PropagationEngine
 from .tracker import Box, CorrelationTracker, CropWindow, box_from_keypoints
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 #: Crop side used in tracking mode when the preset does not fix a short side (Waldmann's ``scale_size``).
 DEFAULT_CROP_SIZE = 480
+DEFAULT_KEYPOINT_PRESET = "waldmann-jhmdb"
 OUTSIDE_MODES = ("error", "invisible")
 
 
@@ -97,7 +99,7 @@ def codec_from_config(cfg: KeypointConfig) -> KeypointCodec:
                          crw_compat=cfg.crw_compat, decoder=cfg.decoder, k=cfg.decode_k)
 
 
-def keypoint_preset(preset: str | Preset = "waldmann-jhmdb", compat: bool = False, **overrides: Any) -> Preset:
+def keypoint_preset(preset: str | Preset = DEFAULT_KEYPOINT_PRESET, compat: bool = False, **overrides: Any) -> Preset:
     """A preset with a keypoint codec: presets without one get the default :class:`KeypointConfig`
     (Gaussian sigma 0.5 at the sub-pixel position, top-5 decoding). ``overrides`` may set any propagation,
     label, feature or keypoint setting (``topk=5``, ``sigma=1.0``, ``decoder="fit"`` ...)."""
@@ -137,21 +139,32 @@ class KeypointPropagator:
             feature or keypoint setting).
     """
 
-    def __init__(self, preset: str | Preset = "waldmann-jhmdb", backbone: str = "resnet18", weights: Any = "default",
+    def __init__(self, preset: str | Preset | None = None, backbone: str | None = None, weights: Any = "default",
                  device: str = "cpu", seed: int = 0, track: bool = False, crop_size: int | None = None,
                  crop_padding: float = 0.25, crop_square: bool = True, box_padding: float = 0.15,
                  tracker: dict | None = None, vanish: float = 0.05, outside: str = "error",
                  layer: str | None = None, stride: int | None = None, input_scale: float | None = None,
                  short_side: int | None = None, compat: bool = False, batch_size: int = 4, autocast: bool = False,
-                 extractor: Any = None, **overrides: Any):
-        self.preset = keypoint_preset(preset, compat=compat, layer=layer, stride=stride, **overrides)
+                 extractor: Any = None, model: ModelSpec | None = None, **overrides: Any):
+        if model is None:
+            model = ModelSpec(preset=preset, backbone=backbone, weights=weights, layer=layer, stride=stride,
+                              input_scale=input_scale, short_side=short_side, device=device, seed=seed,
+                              compat=compat, overrides=tuple(sorted(overrides.items())))
+        resolved = model.resolve(default_preset=DEFAULT_KEYPOINT_PRESET, keypoints=True) if extractor is None \
+            else None
+        if resolved is not None:
+            self.preset = resolved.preset
+        else:  # features come from the caller: only the propagation and codec settings are resolved
+            self.preset = keypoint_preset(model.preset or DEFAULT_KEYPOINT_PRESET, compat=model.compat,
+                                          layer=model.layer, stride=model.stride, **dict(model.overrides))
+            feats = self.preset.features
+            if model.short_side is not None:
+                feats = replace(feats, short_side=int(model.short_side),
+                                input_scale=1.0 if model.input_scale is None else model.input_scale)
+            elif model.input_scale is not None:
+                feats = replace(feats, input_scale=float(model.input_scale), short_side=None)
+            self.preset = replace(self.preset, features=feats)
         feats = self.preset.features
-        # short_side and input_scale are exclusive: giving one replaces the preset's choice of the other
-        if short_side is not None:
-            feats = replace(feats, short_side=int(short_side), input_scale=1.0 if input_scale is None else input_scale)
-        elif input_scale is not None:
-            feats = replace(feats, input_scale=float(input_scale), short_side=None)
-        self.preset = replace(self.preset, features=feats)
         self.codec = codec_from_config(self.preset.keypoints)
         if outside not in OUTSIDE_MODES:
             raise InputError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {outside!r}")
@@ -175,20 +188,14 @@ class KeypointPropagator:
             raise InputError(f"tracker settings: {e}") from None
         self.vanish = float(vanish)
         self.outside = outside
-        self.backbone = backbone
-        self.seed = seed
-        if extractor is None:
-            from ..backbones import FeatureExtractor, create_backbone
-            from ..session import resolve_weights
-
-            self.weights = resolve_weights(weights)
-            net = create_backbone(backbone, stride=feats.stride, layer=feats.layer, weights=self.weights, seed=seed)
-            if self.track:   # the crop is already the network input: no second resize
-                extractor = FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast)
-            else:
-                extractor = FeatureExtractor(net, device=device, input_scale=feats.input_scale,
-                                             short_side=feats.short_side, batch_size=batch_size, autocast=autocast)
+        self.seed = model.seed
+        if resolved is not None:
+            self.backbone = resolved.backbone
+            self.weights = resolved.weights
+            # tracking: the crop is already the network input, so no second resize
+            extractor = resolved.extractor(batch_size=batch_size, autocast=autocast, resize=not self.track)
         else:
+            self.backbone = backbone
             self.weights = weights
         self.extractor = extractor
 
@@ -458,141 +465,3 @@ class KeypointPropagator:
         if out_names is None:
             out_names = [f"joint_{k}" for k in range(K)]
         return KeypointSequence(list(out_names), frames, np.stack(xy), np.stack(vis), np.stack(conf), skeleton)
-
-
-# ----------------------------------------------------------------------------- command line
-
-def _add_if_absent(parser, *flags: str, **kwargs: Any) -> None:
-    """Add an option unless the parser already has it (the ``propagate`` command defines some already)."""
-    if any(f in parser._option_string_actions for f in flags):
-        return
-    parser.add_argument(*flags, **kwargs)
-
-
-def _box_arg(text: str) -> tuple[float, float, float, float]:
-    parts = text.replace(",", " ").split()
-    try:
-        box = tuple(float(p) for p in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"--box expects X,Y,W,H (pixels), got {text!r}")
-    return box  # type: ignore[return-value]
-
-
-def add_tracking_arguments(parser) -> None:
-    """Options of the joint tracking mode (shared by ``vlprop propagate --keypoints`` and ``vlprop eval pose``)."""
-    _add_if_absent(parser, "--track", action="store_true",
-                   help="joint tracking + keypoint propagation: follow the object with a correlation-filter "
-                        "tracker and propagate on crops around it (for small objects; Waldmann et al. 2022)")
-    _add_if_absent(parser, "--crop-size", type=int, default=None,
-                   help="tracking: crop side (or short side with --crop-aspect keep) in network-input pixels "
-                        f"(default: the preset's short side, else {DEFAULT_CROP_SIZE})")
-    _add_if_absent(parser, "--crop-padding", type=float, default=0.25,
-                   help="tracking: context around the box on each side, as a fraction of its size (default 0.25)")
-    _add_if_absent(parser, "--crop-aspect", choices=("square", "keep"), default="square",
-                   help="tracking: square crops (default) or keep the box's aspect ratio")
-    _add_if_absent(parser, "--box-padding", type=float, default=0.15,
-                   help="tracking: padding of the initial box around the labelled keypoints (default 0.15)")
-    _add_if_absent(parser, "--vanish", type=float, default=0.05,
-                   help="a keypoint is invisible where its propagated mass is below this fraction of its "
-                        "labelled mass (default 0.05)")
-
-
-def add_keypoint_arguments(parser) -> None:
-    """Options of ``vlprop propagate SOURCE --keypoints FIRST.json --out DIR [--track] [--overlay FILE]``.
-
-    Options the ``propagate`` parser already defines (``--out``, ``--overlay``, ``--fps``, ``--force``,
-    ``--quiet``) are reused; the rest are added here.
-    """
-    _add_if_absent(parser, "--keypoints", default=None,
-                   help="keypoints of the labelled frame: vlprop keypoint JSON or CSV (the first frame with a "
-                        "visible keypoint is the labelled one, unless --keypoints-frame is given)")
-    _add_if_absent(parser, "--keypoints-frame", default=None, type=lambda s: int(s) if s.isdigit() else s,
-                   help="index or name of the labelled frame in the keypoint file (default: its first frame "
-                        "with a visible keypoint)")
-    _add_if_absent(parser, "--box", type=_box_arg, default=None,
-                   help="tracking: initial box X,Y,W,H in pixels (default: padded box around the keypoints; "
-                        "write --box=X,Y,W,H when X is negative)")
-    _add_if_absent(parser, "--trail", type=int, default=8, help="overlay: trail length in frames (default 8)")
-    add_tracking_arguments(parser)
-    _add_if_absent(parser, "--overlay", default=None, help="also write an overlay video (e.g. overlay.mp4 or .gif)")
-    _add_if_absent(parser, "--fps", type=float, default=24.0, help="overlay frame rate (default 24)")
-    _add_if_absent(parser, "--force", action="store_true", help="write into a non-empty output folder")
-    _add_if_absent(parser, "--quiet", action="store_true", help="no progress bar")
-
-
-def propagator_from_args(args, outside: str = "error") -> KeypointPropagator:
-    """A :class:`KeypointPropagator` from parsed model + tracking options (missing options take defaults)."""
-    from ..cli import parse_sets
-
-    preset = getattr(args, "preset", None) or "waldmann-jhmdb"
-    return KeypointPropagator(
-        preset=preset, backbone=getattr(args, "backbone", "resnet18"), weights=getattr(args, "weights", "default"),
-        device=getattr(args, "device", "cpu"), seed=getattr(args, "seed", 0), track=getattr(args, "track", False),
-        crop_size=getattr(args, "crop_size", None), crop_padding=getattr(args, "crop_padding", 0.25),
-        crop_square=getattr(args, "crop_aspect", "square") == "square",
-        box_padding=getattr(args, "box_padding", 0.15), vanish=getattr(args, "vanish", 0.05), outside=outside,
-        layer=getattr(args, "layer", None), input_scale=getattr(args, "input_scale", None),
-        short_side=getattr(args, "short_side", None), compat=getattr(args, "compat", False),
-        **parse_sets(getattr(args, "set", None)))
-
-
-def run_keypoint_propagate(args) -> int:
-    """``vlprop propagate SOURCE --keypoints FIRST.json --out DIR``: writes ``<out>/keypoints.json`` and
-    ``<out>/keypoints.csv`` (+ ``<out>/track.csv`` with ``--track``, the overlay video with ``--overlay``)."""
-    import contextlib
-    import time
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from ..io.files import atomic_write_text, prepare_output_dir
-    from ..io.keypoints import read_keypoints, write_keypoints_csv, write_keypoints_json
-    from ..io.render import VideoWriter
-    from ..io.render_pose import PoseRenderer
-
-    if not getattr(args, "keypoints", None):
-        raise InputError("give the labelled keypoints with --keypoints FIRST.json (vlprop keypoint JSON or CSV)")
-    kp_path = Path(args.keypoints)
-    if not kp_path.is_file():
-        raise InputError(f"keypoint file not found: {kp_path}")
-    seq = read_keypoints(kp_path)
-    src = open_frames(args.source)
-    out = Path(args.out)
-    prepare_output_dir(out, getattr(args, "force", False))
-    prop = propagator_from_args(args, outside="error")
-    overlay = getattr(args, "overlay", None)
-    renderer = PoseRenderer(seq.num_keypoints, skeleton=seq.skeleton, trail=getattr(args, "trail", 8)) \
-        if overlay else None
-    frames, xy, vis, conf, track_rows = [], [], [], [], []
-    quiet = getattr(args, "quiet", False)
-    t0 = time.perf_counter()
-    # the overlay is written to a temporary file and renamed when complete; an error discards it
-    with (VideoWriter(overlay, fps=getattr(args, "fps", 24.0)) if overlay else contextlib.nullcontext()) as writer, \
-            tqdm(total=len(src), unit="frame", desc="propagating keypoints", disable=quiet) as bar:
-        for r in prop.run(src, seq, start=getattr(args, "keypoints_frame", None), box=getattr(args, "box", None),
-                          keep_images=writer is not None):
-            frames.append(r.index)
-            xy.append(r.xy)
-            vis.append(r.visible)
-            conf.append(r.confidence)
-            if r.box is not None:
-                track_rows.append(f"{r.index},{r.name},{r.box[0]!r},{r.box[1]!r},{r.box[2]!r},{r.box[3]!r}")
-            if writer is not None:
-                writer.write(renderer.render(r.image, r.xy, r.visible, r.box))
-            bar.update(1)
-    result = KeypointSequence(seq.names, frames, np.stack(xy), np.stack(vis), np.stack(conf), seq.skeleton)
-    write_keypoints_json(out / "keypoints.json", result)
-    write_keypoints_csv(out / "keypoints.csv", result)
-    if track_rows:
-        atomic_write_text(out / "track.csv", "frame,name,x,y,w,h\n" + "\n".join(track_rows) + "\n")
-    dt = time.perf_counter() - t0
-    n = len(frames)
-    print(f"wrote keypoints of {n} frames to {out / 'keypoints.json'} and {out / 'keypoints.csv'} "
-          f"({dt:.1f} s, {n / max(dt, 1e-9):.2f} frames/s)")
-    if overlay:
-        print(f"overlay video: {overlay}")
-    return 0

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from vlprop.train import TrainConfig, Trainer, train_main
+    from vlprop.train import TrainConfig, Trainer
     result = Trainer(TrainConfig(data="videos/", out="runs/dul", iters=2000, crop=128)).fit()
 
 Modules: :mod:`.data` (video discovery, clip sampling, reproducible sampler), :mod:`.augment`
@@ -10,9 +10,10 @@ Modules: :mod:`.data` (video discovery, clip sampling, reproducible sampler), :m
 :mod:`.trainer` (loop, DDP, checkpoints, CLI), :mod:`.checkpoint`, :mod:`.logs`, :mod:`.validation`,
 :mod:`.distributed`.
 """
-from .checkpoint import resolve_run_weights
+from vlprop.model import resolve_run_weights
+
 from .methods.dul import DUL, DULConfig, DULNet
-from .trainer import TrainConfig, Trainer, TrainResult, train_main
+from .trainer import TrainConfig, Trainer, TrainResult
 from .validation import (
     HeldOutLossValidator,
     LabelPropagationValidator,
@@ -20,6 +21,6 @@ from .validation import (
     register_validator_factory,
 )
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "train_main", "resolve_run_weights",
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "resolve_run_weights",
            "DUL", "DULConfig", "DULNet",
            "ValidationContext", "HeldOutLossValidator", "LabelPropagationValidator", "register_validator_factory"]

@@ -2,7 +2,7 @@
 import sys
 
 from vlprop.errors import VlpropError
-from vlprop.train.trainer import train_main
+from vlprop.cli.train import train_main
 
 if __name__ == "__main__":
     try:

@@ -34,9 +34,10 @@ import torch.nn as nn
 
 from vlprop.errors import CheckpointError
 from vlprop.io.files import atomic_path
+from vlprop.model import RUN_BEST, RUN_LAST, resolve_run_weights
 
-LAST = "last.pt"
-BEST = "best.pt"
+LAST = RUN_LAST
+BEST = RUN_BEST
 FORMAT_VERSION = 1
 
 
@@ -113,20 +114,6 @@ def resolve_resume(path: str | os.PathLike) -> Path:
         p = p / LAST
     if not p.is_file():
         raise CheckpointError(f"no training checkpoint at {p} (expected a run directory with {LAST} or a .pt file)")
-    return p
-
-
-def resolve_run_weights(path: str | os.PathLike) -> Path:
-    """Weights file to use for propagation: a run directory -> ``best.pt`` if present, else ``last.pt``;
-    a file -> itself."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        for name in (BEST, LAST):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(f"run directory {p} holds neither {BEST} nor {LAST}")
-    if not p.is_file():
-        raise CheckpointError(f"weights file not found: {p}")
     return p
 
 

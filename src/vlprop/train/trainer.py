@@ -24,7 +24,6 @@ Semantics:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import inspect
@@ -196,10 +195,8 @@ def _pick_device(name: str, info: DistInfo) -> torch.device:
 
 def default_backbone(cfg: TrainConfig, weights: str | None = None) -> nn.Module:
     """``create_backbone(arch, stride=8, layer="res4", weights=init, seed=seed)`` in train mode."""
-    try:
-        from vlprop.backbones import create_backbone
-    except ImportError as exc:
-        raise InputError(f"vlprop.backbones is not available ({exc})") from None
+    from vlprop.backbones import create_backbone
+
     net = create_backbone(cfg.arch, stride=8, layer="res4", weights=weights or cfg.init, seed=cfg.seed)
     return net.train()
 
@@ -555,74 +552,7 @@ def _merge_resumed_config(saved: Mapping[str, Any], given: TrainConfig | None) -
     return cfg
 
 
-# ---------------------------------------------------------------------- command line
-def build_parser(prog: str = "vlprop train") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Self-supervised training of dense correspondence features.",
-                                argument_default=argparse.SUPPRESS)
-    add_train_arguments(p)
-    return p
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``vlprop train`` arguments. Options default to SUPPRESS (absent from the namespace unless
-    given) so a resumed run can tell the user's explicit settings from its saved ones."""
-    d = TrainConfig()
-    S = argparse.SUPPRESS
-    p.add_argument("method", choices=METHODS, help="training method")
-    p.add_argument("--data", default=S, help="training videos: frame folders, DAVIS/YouTube-VOS root, or video files")
-    p.add_argument("--out", default=S, help="run directory (checkpoints, logs)")
-    p.add_argument("--resume", default=S, help="continue a run: its directory or a last.pt checkpoint")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--iters", default=S, type=int, help=f"optimiser steps (default {d.iters})")
-    g.add_argument("--batch", default=S, type=int, help=f"global clips per step (default {d.batch})")
-    g.add_argument("--accum", default=S, type=int, help="gradient-accumulation micro-batches per step (default 1)")
-    g.add_argument("--lr", default=S, type=float, help=f"base learning rate (default {d.lr})")
-    g.add_argument("--weight-decay", default=S, dest="weight_decay", type=float, help=f"(default {d.weight_decay})")
-    g.add_argument("--lr-schedule", default=S, dest="lr_schedule", choices=("constant", "cosine", "step"))
-    g.add_argument("--lr-step", default=S, dest="lr_step", type=int)
-    g.add_argument("--lr-gamma", default=S, dest="lr_gamma", type=float)
-    g.add_argument("--warmup", default=S, type=int, help="linear warm-up steps (default 0)")
-    g = p.add_argument_group("clips")
-    g.add_argument("--frames", default=S, type=int, help=f"frames per clip T (default {d.frames})")
-    g.add_argument("--gap", default=S, type=int, help=f"DUL frame gap (default {d.gap})")
-    g.add_argument("--no-shuffle-frames", default=S, dest="shuffle_frames", action="store_false",
-                   help="keep temporal order (reference = first frame)")
-    g.add_argument("--crop", default=S, type=int, help=f"square crop size in pixels (default {d.crop})")
-    g.add_argument("--scale-min", default=S, dest="scale_min", type=int,
-                   help="smallest-side range for the clip rescale (default crop .. 1.25*crop)")
-    g.add_argument("--scale-max", default=S, dest="scale_max", type=int)
-    g.add_argument("--center-crop", default=S, dest="random_crop", action="store_false")
-    g.add_argument("--zoom-min", default=S, dest="zoom_min", type=float,
-                   help=f"view-B zoom lower bound (default {d.zoom_min})")
-    g.add_argument("--holdout", default=S, type=int, help=f"videos held out for validation (default {d.holdout})")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", default=S, help=f"backbone (default {d.arch})")
-    g.add_argument("--init", default=S,
-                   help="backbone initialisation: random, imagenet or a checkpoint (default random)")
-    g.add_argument("--key-dim", default=S, dest="key_dim", type=int)
-    g.add_argument("--tau", default=S, type=float)
-    g.add_argument("--grid", default=S, type=int, help="anchor grid N (default 8)")
-    g.add_argument("--grid-ref", default=S, dest="grid_ref", type=int, help="cross-view grid M (default 4)")
-    g.add_argument("--cross-weight", default=S, dest="cross_weight", type=float, help="lambda (default 0.1)")
-    g = p.add_argument_group("system")
-    g.add_argument("--workers", default=S, type=int, help=f"data loader processes (default {d.workers})")
-    g.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--threads", default=S, type=int, help="torch intra-op threads")
-    g.add_argument("--no-amp", default=S, dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    g.add_argument("--no-sync-bn", default=S, dest="sync_bn", action="store_false")
-    g.add_argument("--seed", default=S, type=int)
-    g.add_argument("--val-every", default=S, dest="val_every", type=int,
-                   help="validate every K steps (default 0: never)")
-    g.add_argument("--val-clips", default=S, dest="val_clips", type=int,
-                   help="held-out clips for the validation loss (16)")
-    g.add_argument("--val-frames", default=S, dest="val_frames", type=int,
-                   help="frames per held-out sequence for label-propagation J&F (30)")
-    g.add_argument("--ckpt-every", default=S, dest="ckpt_every", type=int, help=f"(default {d.ckpt_every})")
-    g.add_argument("--log-every", default=S, dest="log_every", type=int, help=f"(default {d.log_every})")
-    g.add_argument("--no-progress", default=S, dest="progress", action="store_false")
-    g.add_argument("--no-tensorboard", default=S, dest="tensorboard", action="store_false")
-
-
+# ---------------------------------------------------------------------- entry
 def config_from_namespace(ns: Mapping[str, Any]) -> tuple[TrainConfig, str | None]:
     """Config (+ resume path) from parsed ``vlprop train`` arguments; keys that are not training
     settings (e.g. the main CLI's ``func``/``verbose``) are ignored."""
@@ -634,11 +564,6 @@ def config_from_namespace(ns: Mapping[str, Any]) -> tuple[TrainConfig, str | Non
     cfg = TrainConfig(**given)
     cfg._explicit = set(given)  # type: ignore[attr-defined]  # which settings the user gave
     return cfg, resume
-
-
-def config_from_args(argv: Sequence[str]) -> tuple[TrainConfig, str | None]:
-    """Parse ``train_main`` arguments into a config (+ the resume path)."""
-    return config_from_namespace(vars(build_parser().parse_args(list(argv))))
 
 
 def run_training(cfg: TrainConfig, resume: str | None = None) -> int:
@@ -653,9 +578,3 @@ def run_training(cfg: TrainConfig, resume: str | None = None) -> int:
         print(f"{msg}; checkpoint {trainer.run_dir / ckpt.LAST}"
               + (f", best {result.best}" if result.best else ""), file=sys.stderr)
     return 0
-
-
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """``vlprop train <method> ...`` entry point (also ``python -m vlprop.train`` / ``torchrun -m vlprop.train``)."""
-    cfg, resume = config_from_args(sys.argv[1:] if argv is None else argv)
-    return run_training(cfg, resume)

@@ -13,7 +13,7 @@ Built in:
   features on held-out sequences that have DAVIS-style annotations (``<root>/Annotations/[480p/]<seq>``),
   using :class:`vlprop.session.Propagator` (preset ``dul``) and :mod:`vlprop.eval.davis`. It reports
   ``score`` (= mean J&F), so it drives ``best.pt`` when present. It is registered as the
-  ``"label_propagation"`` factory; if those modules cannot be imported it is skipped with a warning.
+  ``"label_propagation"`` factory.
 
 More validators: pass them to ``Trainer(validators=...)`` or :func:`register_validator_factory`.
 """
@@ -143,11 +143,6 @@ class LabelPropagationValidator:
 
     def __init__(self, sequences: Sequence[tuple[VideoEntry, Path]], preset: str = "dul",
                  max_frames: int | None = 30, batch_size: int = 4):
-        from vlprop.backbones import FeatureExtractor  # noqa: F401  (fail early if unavailable)
-        from vlprop.eval.davis import evaluate_semisupervised  # noqa: F401
-        from vlprop.io.masks import read_mask  # noqa: F401
-        from vlprop.session import Propagator  # noqa: F401
-
         if not sequences:
             raise ValueError("no annotated held-out sequences")
         self.sequences = list(sequences)
@@ -170,12 +165,13 @@ class LabelPropagationValidator:
 
     @torch.no_grad()
     def __call__(self, ctx: ValidationContext) -> dict[str, float]:
-        from vlprop.backbones import FeatureExtractor
+        from vlprop.config import get_preset
         from vlprop.eval.davis import evaluate_semisupervised
+        from vlprop.model import extractor_for_network
         from vlprop.session import Propagator
 
-        backbone = ctx.net.backbone
-        extractor = FeatureExtractor(backbone, device=ctx.device, batch_size=self.batch_size)
+        extractor = extractor_for_network(ctx.net.backbone, get_preset(self.preset), device=ctx.device,
+                                          batch_size=self.batch_size)
         js, fs = [], []
         for entry, ann in self.sequences:
             frames, gt = self._sequence(entry, ann)

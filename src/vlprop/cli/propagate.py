@@ -1,4 +1,4 @@
-"""The ``vlprop`` command: propagate | presets | demo | eval | train."""
+"""``vlprop propagate`` (masks; keypoints are in :mod:`vlprop.cli.keypoints`), ``vlprop presets``, ``vlprop demo``."""
 from __future__ import annotations
 
 import argparse
@@ -10,57 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import InputError, VlpropError
-
-
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InputError(f"--set expects KEY=VALUE (e.g. --set topk=5), got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
-    return out
-
-
-
-
-def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = "dul") -> None:
-    shown = default_preset or "dul for masks, waldmann-jhmdb for --keypoints"
-    p.add_argument("--preset", default=default_preset, help=f"propagation preset (default {shown}; "
-                                                            "see `vlprop presets`)")
-    p.add_argument("--backbone", default="resnet18", help="backbone name (default resnet18)")
-    p.add_argument("--weights", default="default",
-                   help="'default' (shipped model), 'random' (seeded), 'imagenet' (torchvision download), "
-                        "or a checkpoint file / training run directory")
-    p.add_argument("--layer", default=None, help="feature layer res2|res3|res4|head (default: the preset's)")
-    p.add_argument("--input-scale", type=float, default=None, help="resize frames by this factor before the "
-                                                                    "backbone (e.g. 2 = x2 up-sampling)")
-    p.add_argument("--short-side", type=int, default=None, help="resize frames so the short side has this length")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a random-init backbone (default 0)")
-    p.add_argument("--compat", action="store_true", help="reproduce the reference code's documented quirks")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any propagation/label setting, e.g. --set topk=5 --set radius=8")
-
-
-def _make_propagator(args: argparse.Namespace, void: int | None = 255):
-    from .eval.runner import ModelSpec
-
-    return ModelSpec.from_args(args).build(void=void)
+from vlprop.cli.options import add_model_args, model_spec_from_args
+from vlprop.errors import InputError
 
 
 # --------------------------------------------------------------------------- propagate
@@ -68,15 +19,15 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .io.files import atomic_path, prepare_output_dir
-    from .io.masks import overlay, write_mask
-    from .io.render import VideoWriter
-    from .io.video import open_frames
+    from vlprop.io.files import atomic_path, prepare_output_dir
+    from vlprop.io.masks import overlay, write_mask
+    from vlprop.io.render import VideoWriter
+    from vlprop.io.video import open_frames
 
     if getattr(args, "keypoints", None):
         if args.mask is not None or args.annotations is not None:
             raise InputError("give either --keypoints or --mask/--annotations, not both")
-        from .tasks.pose import run_keypoint_propagate
+        from vlprop.cli.keypoints import run_keypoint_propagate
 
         return run_keypoint_propagate(args)
     if (args.mask is None) == (args.annotations is None):
@@ -87,7 +38,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     prepare_output_dir(out, args.force)
     masks = {args.mask_frame: args.mask} if args.mask else None
-    prop = _make_propagator(args, void=None if args.no_void else args.void)
+    prop = model_spec_from_args(args).build(void=None if args.no_void else args.void)
     probs_dir = out / "probs" if args.save_probs else None
     t0 = time.perf_counter()
     n = 0
@@ -115,7 +66,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .config import PRESETS
+    from vlprop.config import PRESETS
 
     if args.json:
         print(json.dumps({k: asdict(v) for k, v in PRESETS.items()}, indent=2))
@@ -143,16 +94,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .demo import iou, synthetic_video
-    from .io.files import prepare_output_dir
-    from .io.masks import overlay, write_mask
-    from .io.render import VideoWriter
-    from .session import Propagator
+    from vlprop.demo import iou, synthetic_video
+    from vlprop.io.files import prepare_output_dir
+    from vlprop.io.masks import overlay, write_mask
+    from vlprop.io.render import VideoWriter
+    from vlprop.session import Propagator
 
     out = Path(args.out)
     prepare_output_dir(out, args.force)
     # the model first: a bad option fails before anything is written into --out
-    prop = Propagator(preset=args.preset, weights=args.weights, device=args.device, input_scale=args.input_scale)
+    prop = Propagator(preset=args.preset, backbone=args.backbone, weights=args.weights, device=args.device,
+                      input_scale=args.input_scale)
     vid = synthetic_video(num_frames=args.frames, height=240, width=320, seed=args.seed)
     frames_dir = out / "frames"
     from PIL import Image
@@ -162,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         Image.fromarray(img).save(frames_dir / f"{t:05d}.png")
     write_mask(out / "first_mask.png", vid.masks[0])
     print(f"synthesised {len(vid.frames)} frames of moving textured shapes in {frames_dir}")
-    print(f"propagating with preset={args.preset} backbone=resnet18 weights={prop.weights} "
+    print(f"propagating with preset={prop.preset.name} backbone={prop.backbone} weights={prop.weights} "
           f"input x{args.input_scale:g}")
     masks_dir = out / "masks"
     ious = {i: [] for i in vid.ids}
@@ -183,13 +135,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vlprop", description="Video label propagation with learned dense "
-                                                            "correspondence.")
-    ap.add_argument("--version", action="version", version=f"vlprop {__version__}")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = ap.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------- parsers
+def add_commands(sub) -> None:
+    """Register ``propagate``, ``presets`` and ``demo`` on the ``vlprop`` sub-command parsers."""
+    from vlprop.cli.keypoints import add_keypoint_arguments
 
     p = sub.add_parser("propagate", help="propagate first-frame masks (or keypoints) through a video")
     p.add_argument("source", help="a folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
@@ -207,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-void", action="store_true", help="treat every non-zero value as an object id")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p, default_preset=None)
-    _add_keypoint_options(p)
+    add_model_args(p)
+    add_keypoint_arguments(p)
     p.set_defaults(func=cmd_propagate)
 
     p = sub.add_parser("presets", help="list the propagation presets and their settings")
@@ -218,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthesise a video of moving shapes and propagate its first mask")
     p.add_argument("--out", default="vlprop-demo", help="output folder (default ./vlprop-demo)")
     p.add_argument("--frames", type=int, default=40)
-    p.add_argument("--preset", default="dul")
-    p.add_argument("--weights", default="default")
+    p.add_argument("--preset", default=None, help="propagation preset (default: the named model's)")
+    p.add_argument("--backbone", default=None, help="backbone (default: the named model's)")
+    p.add_argument("--weights", default="default", help="named model, random, imagenet, or a checkpoint (default "
+                                                         "'default')")
     p.add_argument("--device", default="cpu")
     p.add_argument("--input-scale", type=float, default=2.0,
                    help="resize frames by this factor before the backbone (default 2: the demo's shapes are "
@@ -230,47 +181,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    _add_optional_commands(sub)
-    return ap
-
-
-def _add_keypoint_options(p: argparse.ArgumentParser) -> None:
-    try:
-        from .tasks.pose import add_keypoint_arguments
-    except ImportError:
-        return
-    add_keypoint_arguments(p)
-
-
-def _add_optional_commands(sub) -> None:
-    """Commands implemented in other subpackages (evaluation, training)."""
-    try:
-        from .eval.cli import add_eval_commands
-    except ImportError:
-        pass
-    else:
-        add_eval_commands(sub, _add_model_args, _make_propagator)
-    try:
-        from .train.cli import add_train_commands
-    except ImportError:
-        pass
-    else:
-        add_train_commands(sub)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except VlpropError as e:
-        print(f"vlprop: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vlprop: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

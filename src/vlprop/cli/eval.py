@@ -1,27 +1,24 @@
-"""``vlprop eval``: benchmark a propagator on a VOS dataset (``vos``) or score saved predictions (``score``).
-
-Hooked into the ``vlprop`` command by :func:`vlprop.cli._add_optional_commands`, which calls
-:func:`add_eval_commands` with the shared model-argument helper.
-"""
+"""``vlprop eval``: benchmark a propagator on a VOS dataset (``vos``), on keypoint datasets (``pose``), or
+score saved predictions (``score``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from vlprop.cli.keypoints import add_tracking_arguments, propagator_from_args
+from vlprop.cli.options import add_model_args, model_spec_from_args
 from vlprop.errors import InputError
 
 DIST_TIMEOUT_MIN = 24 * 60.0
 
 
-def add_eval_commands(sub, add_model_args: Callable[[argparse.ArgumentParser], None],
-                      make_propagator: Callable[..., Any] | None = None) -> None:
-    """Register ``vlprop eval vos`` and ``vlprop eval score``.
+def add_commands(sub) -> None:
+    """Register ``vlprop eval vos``, ``vlprop eval pose`` and ``vlprop eval score``.
 
-    ``make_propagator`` (the CLI's builder) is accepted for the hook's signature but not called: the
-    runner builds propagators from a picklable :class:`~vlprop.eval.runner.ModelSpec` holding the same
-    model arguments, because worker processes must rebuild them from plain values.
+    The runner builds propagators from a picklable :class:`~vlprop.model.ModelSpec` (worker processes rebuild
+    them from plain values).
     """
     from vlprop.eval.runner import DATASETS
 
@@ -58,12 +55,7 @@ def add_eval_commands(sub, add_model_args: Callable[[argparse.ArgumentParser], N
     add_model_args(v)
     v.set_defaults(func=cmd_eval_vos)
 
-    try:
-        from vlprop.eval.pose import add_pose_eval_command
-    except ImportError:
-        pass
-    else:
-        add_pose_eval_command(esub, add_model_args)
+    add_pose_command(esub)
 
     s = esub.add_parser(
         "score", help="score <pred>/<seq>/<frame>.png against <gt>/<seq>/<frame>.png (official DAVIS numbers)",
@@ -79,12 +71,6 @@ def add_eval_commands(sub, add_model_args: Callable[[argparse.ArgumentParser], N
     s.add_argument("--sequences", default=None, help="comma-separated subset, or a list file (default: every GT "
                                                      "sequence folder)")
     s.set_defaults(func=cmd_eval_score)
-
-
-def _model_spec(args: argparse.Namespace):
-    from vlprop.eval.runner import ModelSpec
-
-    return ModelSpec.from_args(args)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -104,7 +90,7 @@ def cmd_eval_vos(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     if args.max_frames is not None and args.max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {args.max_frames}")
-    spec = _model_spec(args)
+    spec = model_spec_from_args(args)
     ranks = init_ranks(timeout_s=args.dist_timeout * 60.0)
     try:
         run = evaluate_vos(args.dataset, args.root, args.out, spec, split=args.split,
@@ -148,4 +134,45 @@ def cmd_eval_score(args: argparse.Namespace) -> int:
     print(global_table(summary["global"]))
     for kind, path in summary.get("files", {}).items():
         print(f"{kind}: {path}")
+    return 0
+
+
+def add_pose_command(eval_subparsers) -> Any:
+    """Register ``vlprop eval pose`` on the ``eval`` sub-command's subparsers; returns the new parser."""
+    from vlprop.eval.pose import DATASETS
+
+    p = eval_subparsers.add_parser(
+        "pose", help="propagate keypoints through a dataset (JHMDB, BADJA, folder) and score PCK",
+        description="Propagate every video's keypoints from its first annotated frame and report PCK@0.1..0.5 "
+                    "(reference and GT-visibility variants, coverage).")
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
+    p.add_argument("--root", required=True, help="dataset root folder")
+    p.add_argument("--split", default=None,
+                   help="jhmdb: all (default) | test | train | a list file; badja/folder: a list file of video names")
+    p.add_argument("--split-num", type=int, default=1, help="JHMDB split 1, 2 or 3 (default 1)")
+    p.add_argument("--out", required=True, help="output folder (predictions/, pck.csv, pck.md, pck.json)")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="propagate at most this many frames per video (quick checks; recorded in the protocol)")
+    p.add_argument("--force", action="store_true", help="recompute every video (also with another protocol)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_arguments(p)
+    add_model_args(p, default_preset="waldmann-jhmdb")
+    p.set_defaults(func=cmd_eval_pose)
+    return p
+
+
+def cmd_eval_pose(args) -> int:
+    from vlprop.eval.pck import format_pck_markdown
+    from vlprop.eval.pose import evaluate_pose, read_pose_dataset
+
+    videos = read_pose_dataset(args.dataset, args.root, args.split, args.split_num)
+    prop = propagator_from_args(args, outside="invisible")
+    record = model_spec_from_args(args).weights_record()
+    dataset = {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,
+               "split_num": args.split_num if args.dataset == "jhmdb" else None,
+               "videos": [v.name for v in videos]}
+    res = evaluate_pose(videos, prop, args.out, dataset=dataset, max_frames=args.max_frames, force=args.force,
+                        progress=not args.quiet, log=print, weights_record=record)
+    print(format_pck_markdown(res.results), end="")
+    print(f"results: {Path(args.out) / 'pck.md'}")
     return 0

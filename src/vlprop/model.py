@@ -1,0 +1,298 @@
+"""The model layer: a model spec (backbone, weights, layer, stride, input size, preset) -> a feature extractor.
+
+Everything that turns user words (``--backbone``, ``--weights``, ``--layer``, ``--preset`` ...) into a network
+lives here, in one place, for every entry point (``propagate``, ``eval``, keypoints, training validation, the
+demo):
+
+* :func:`resolve_weights` — what a ``weights`` value means: ``"random"`` (seeded), ``"imagenet"`` (weights an
+  installed package ships), a *named model* (``"default"``, see :data:`NAMED_MODELS`), a checkpoint file, or a
+  training run folder (its ``best.pt``, else ``last.pt``).
+* :class:`NamedModel` — a name that fixes a backbone, its weights and the preset it is best used with; the
+  preprocessing (mean/std, colour space, input-size rule) travels with the backbone's weights
+  (``net.preprocessing``, see :mod:`vlprop.backbones.preprocessing`), so a checkpoint is always fed the input it
+  was trained on.
+* :class:`ModelSpec` — plain, picklable values (sent to worker processes); :meth:`ModelSpec.resolve` applies the
+  precedence rules and :meth:`ResolvedModel.extractor` builds the :class:`~vlprop.backbones.FeatureExtractor`.
+
+Precedence (first that applies): backbone = explicit ``backbone`` > the named model's > the preset's
+``features.backbone`` > ``resnet18``; preset = explicit ``preset`` > the named model's > the task's default;
+feature layer / stride = explicit > the named model's > the preset's, where the preset's value is used only if
+the backbone family knows it (a preset's ResNet layer ``res3`` means nothing to a ViT, which then uses its own
+default).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .config import Preset, get_preset
+from .errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MODELS_DIR = Path(__file__).parent / "models"
+RUN_BEST = "best.pt"
+RUN_LAST = "last.pt"
+DEFAULT_BACKBONE = "resnet18"
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model known by name: backbone + weights (+ the feature settings and preset it is meant for).
+
+    weights: ``"imagenet"``/``"random"``, or the file name of a model shipped in ``vlprop/models``.
+    layer, stride, input_scale: feature settings that override the preset's (``None``: the preset's / the
+        backbone's default).
+    """
+
+    name: str
+    backbone: str
+    weights: str
+    preset: str
+    description: str
+    layer: str | None = None
+    stride: int | None = None
+    input_scale: float | None = None
+
+    def weights_source(self) -> str | Path:
+        if self.weights in ("imagenet", "random"):
+            return self.weights
+        return PACKAGED_MODELS_DIR / self.weights
+
+
+NAMED_MODELS: dict[str, NamedModel] = {}
+
+
+def register_named_model(model: NamedModel, *aliases: str) -> NamedModel:
+    for key in (model.name, *aliases):
+        NAMED_MODELS[key] = model
+    return model
+
+
+register_named_model(NamedModel(
+    name="vlprop-dul-r18", backbone="resnet18", weights="vlprop-dul-r18.pt", preset="dul",
+    description="DUL ResNet-18 trained by vlprop on 30 DAVIS-2016 train videos (750 CPU steps at 128 px); "
+                "model card vlprop/models/vlprop-dul-r18.md"), "default")
+
+
+def resolve_run_weights(path: str | os.PathLike) -> Path:
+    """Weights file of a training run folder (``best.pt`` if present, else ``last.pt``); a file is itself."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in (RUN_BEST, RUN_LAST):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"run directory {p} holds neither {RUN_BEST} nor {RUN_LAST}")
+    if not p.is_file():
+        raise CheckpointError(f"weights file not found: {p}")
+    return p
+
+
+def named_model(weights: Any) -> NamedModel | None:
+    """The :class:`NamedModel` a ``weights`` value names (``None``/``"default"`` -> the default), else ``None``."""
+    if weights is None:
+        weights = "default"
+    if isinstance(weights, str) and weights in NAMED_MODELS:
+        return NAMED_MODELS[weights]
+    return None
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> str | Path:
+    """What to load: ``"random"``, ``"imagenet"`` or a checkpoint file path.
+
+    ``None``/``"default"``/another named model -> its weights (a shipped file, or ``"imagenet"``); a shipped
+    file that is missing from the installation falls back to a seeded random init with a warning. A training
+    run folder -> its ``best.pt``/``last.pt``. Anything else is returned as a path (checked when loaded).
+    """
+    nm = named_model(weights)
+    if nm is not None:
+        src = nm.weights_source()
+        if isinstance(src, Path) and not src.exists():
+            log.warning("the shipped model %s is missing from this installation; using a seeded random-init "
+                        "backbone (weights='random')", src)
+            return "random"
+        return src
+    if isinstance(weights, str) and weights in ("random", "imagenet"):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        if Path(weights).expanduser().is_dir():
+            return resolve_run_weights(weights)
+        return Path(weights).expanduser() if not isinstance(weights, str) else weights
+    raise InputError(f"weights must be a name ({', '.join(sorted(NAMED_MODELS))}, random, imagenet), a checkpoint "
+                     f"file or a training run folder; got {weights!r}")
+
+
+def _factory_choices(backbone: str, attr: str) -> tuple | None:
+    """Values a backbone family accepts for ``layer`` / ``stride`` (``None``: unknown, pass anything)."""
+    from .backbones.registry import backbone_factory
+
+    values = getattr(backbone_factory(backbone), attr, None)
+    return tuple(values) if values is not None else None
+
+
+def extractor_for_network(net, preset: Preset, device: str = "cpu", batch_size: int = 4, autocast: bool = False,
+                          resize: bool = True):
+    """A :class:`~vlprop.backbones.FeatureExtractor` on a built network: the network's own preprocessing
+    (``net.preprocessing``) and the preset's input size (``resize=False``: frames go in at their size)."""
+    from .backbones import FeatureExtractor
+
+    feats = preset.features
+    if not resize:
+        return FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast)
+    return FeatureExtractor(net, device=device, input_scale=feats.input_scale, short_side=feats.short_side,
+                            batch_size=batch_size, autocast=autocast)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The outcome of :meth:`ModelSpec.resolve`: every choice made, ready to build."""
+
+    preset: Preset
+    backbone: str
+    weights: str | Path
+    layer: str | None
+    stride: int | None
+    device: str
+    seed: int
+    named: NamedModel | None = None
+
+    def network(self):
+        """The backbone in eval mode with its weights loaded (``net.preprocessing`` set by its family)."""
+        from .backbones import create_backbone
+
+        kwargs: dict[str, Any] = {"weights": self.weights, "seed": self.seed}
+        if self.layer is not None:
+            kwargs["layer"] = self.layer
+        if self.stride is not None:
+            kwargs["stride"] = self.stride
+        return create_backbone(self.backbone, **kwargs)
+
+    def extractor(self, batch_size: int = 4, autocast: bool = False, resize: bool = True):
+        """A :class:`~vlprop.backbones.FeatureExtractor` on :meth:`network` with the preset's input size
+        (``resize=False``: frames go in at their size, e.g. crops that are already network inputs)."""
+        return extractor_for_network(self.network(), self.preset, device=self.device, batch_size=batch_size,
+                                     autocast=autocast, resize=resize)
+
+    def description(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "weights": str(self.weights), "layer": self.layer,
+                "stride": self.stride, "named_model": self.named.name if self.named else None}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a model, as plain picklable values (sent to worker processes).
+
+    Mirrors the ``vlprop`` model arguments (``--preset --backbone --weights --layer --stride --input-scale
+    --short-side --device --seed --compat --set KEY=VALUE``); ``overrides`` holds the ``--set`` pairs. ``None``
+    means "not given": the precedence rules of :mod:`vlprop.model` fill it in.
+    """
+
+    preset: str | Preset | None = None
+    backbone: str | None = None
+    weights: str = "default"
+    layer: str | None = None
+    input_scale: float | None = None
+    short_side: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    compat: bool = False
+    overrides: tuple[tuple[str, Any], ...] = ()
+    stride: int | None = None
+
+    def resolve(self, default_preset: str = "dul", keypoints: bool = False) -> ResolvedModel:
+        """Apply the precedence rules; ``keypoints=True`` gives the preset a keypoint codec if it has none
+        (and a named model's mask preset is not used: keypoints take ``default_preset``)."""
+        from .backbones.registry import backbone_factory
+
+        nm = named_model(self.weights)
+        preset_name = self.preset if self.preset is not None else \
+            (nm.preset if nm is not None and not keypoints else default_preset)
+        base = get_preset(preset_name)
+        if keypoints and base.keypoints is None:
+            from .config import KeypointConfig
+
+            base = replace(base, keypoints=KeypointConfig())
+        backbone = self.backbone or (nm.backbone if nm else None) or getattr(base.features, "backbone", None) or DEFAULT_BACKBONE
+        backbone_factory(backbone)  # unknown name -> InputError listing the known ones
+        if nm is not None and self.backbone is not None and self.backbone != nm.backbone:
+            raise InputError(f"weights {self.weights!r} are the named model {nm.name!r} for backbone {nm.backbone!r}, "
+                             f"not {self.backbone!r}; give a checkpoint file, 'random' or 'imagenet' for "
+                             f"{self.backbone}")
+
+        overrides = dict(self.overrides)
+        feat_over = {k: overrides.pop(k) for k in ("layer", "stride") if k in overrides}
+        layer = self.layer or feat_over.get("layer") or (nm.layer if nm else None)
+        stride = self.stride or feat_over.get("stride") or (nm.stride if nm else None)
+        layers = _factory_choices(backbone, "layers")
+        if layer is None and (layers is None or base.features.layer in layers):
+            layer = base.features.layer
+        strides = _factory_choices(backbone, "strides")
+        if stride is None and (strides is None or base.features.stride in strides):
+            stride = base.features.stride
+        if layers is not None and layer is not None and layer not in layers:
+            raise InputError(f"backbone {backbone!r} has no feature layer {layer!r}; choose one of "
+                             f"{', '.join(layers)} (--layer)")
+        if strides is not None and stride is not None and stride not in strides:
+            raise InputError(f"backbone {backbone!r} supports output strides {', '.join(map(str, strides))}, "
+                             f"not {stride} (--stride)")
+
+        input_scale = self.input_scale if self.input_scale is not None else (nm.input_scale if nm else None)
+        preset = get_preset(base, compat=self.compat, layer=layer, stride=stride, input_scale=input_scale,
+                            short_side=self.short_side, **overrides)
+        feats = preset.features
+        # short_side and input_scale are exclusive: giving one replaces the preset's choice of the other
+        if self.short_side is not None:
+            feats = replace(feats, short_side=int(self.short_side),
+                            input_scale=1.0 if input_scale is None else float(input_scale))
+        elif input_scale is not None:
+            feats = replace(feats, input_scale=float(input_scale), short_side=None)
+        preset = replace(preset, features=feats)
+        return ResolvedModel(preset=preset, backbone=backbone, weights=resolve_weights(self.weights), layer=layer,
+                             stride=stride, device=self.device, seed=self.seed, named=nm)
+
+    def resolved_preset(self, default_preset: str = "dul"):
+        """The :class:`~vlprop.config.Preset` the propagator will use (overrides applied)."""
+        return self.resolve(default_preset).preset
+
+    def resolved_weights(self) -> str | Path:
+        return resolve_weights(self.weights)
+
+    def build(self, void: int | None = 255):
+        """A :class:`~vlprop.session.Propagator` (void = 255 by default, as in DAVIS / YouTube-VOS)."""
+        from .session import Propagator
+
+        return Propagator(model=self, void=void)
+
+    def weights_record(self) -> dict[str, Any]:
+        """What the weights are: a file (absolute path + SHA-256), ImageNet, or a seeded random init."""
+        w = self.resolved_weights()
+        nm = named_model(self.weights)
+        backbone = self.backbone or (nm.backbone if nm else None) or DEFAULT_BACKBONE
+        if isinstance(w, str) and w == "random":
+            return {"kind": "random", "description": f"random seed {self.seed}", "seed": self.seed}
+        if isinstance(w, str) and w == "imagenet":
+            return {"kind": "imagenet", "description": f"ImageNet weights of {backbone}", "backbone": backbone}
+        path = Path(w).expanduser()
+        if path.is_dir():
+            raise CheckpointError(f"weights path {path} is a folder; give the checkpoint file inside it")
+        if not path.is_file():
+            raise CheckpointError(f"weights file not found: {path} (give a checkpoint file, 'random' or 'imagenet')")
+        return {"kind": "file", "description": str(path.resolve()), "path": str(path.resolve()),
+                "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = ["ModelSpec", "ResolvedModel", "extractor_for_network", "NamedModel", "NAMED_MODELS", "register_named_model", "named_model",
+           "resolve_weights", "resolve_run_weights", "sha256_file"]
