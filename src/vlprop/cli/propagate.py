@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from vlprop.demo import iou, synthetic_video
+    from vlprop.demo import iou, natural_video
     from vlprop.io.files import prepare_output_dir
     from vlprop.io.masks import overlay, write_mask
     from vlprop.io.render import VideoWriter
@@ -104,8 +104,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_output_dir(out, args.force)
     # the model first: a bad option fails before anything is written into --out
     prop = Propagator(preset=args.preset, backbone=args.backbone, weights=args.weights, device=args.device,
-                      input_scale=args.input_scale)
-    vid = synthetic_video(num_frames=args.frames, height=240, width=320, seed=args.seed)
+                      input_scale=args.input_scale, seed=args.seed)
+    vid = natural_video(num_frames=args.frames, height=240, width=320)
     frames_dir = out / "frames"
     from PIL import Image
 
@@ -113,7 +113,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         frames_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(frames_dir / f"{t:05d}.png")
     write_mask(out / "first_mask.png", vid.masks[0])
-    print(f"synthesised {len(vid.frames)} frames of moving textured shapes in {frames_dir}")
+    print(f"synthesised {len(vid.frames)} frames in {frames_dir}: a cat's head (object 1) and a cup (object 2) "
+          f"moving over a garage scene, with a camera pan and occlusions (photographs from scikit-image)")
     print(f"propagating with preset={prop.preset.name} backbone={prop.backbone} weights={prop.weights} "
           f"input x{args.input_scale:g}")
     masks_dir = out / "masks"
@@ -176,7 +177,7 @@ def add_commands(sub) -> None:
                    help="resize frames by this factor before the backbone (default 2: the demo's shapes are "
                         "about 100 px wide, 12 cells at stride 8; x2 input gives the grid the detail small "
                         "objects need, as in McKee et al. and Waldmann et al.)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of a random-init backbone (--weights random)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
