@@ -126,7 +126,9 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path:
 
 
 def _factory_choices(backbone: str, attr: str) -> tuple | None:
-    """Values a backbone family accepts for ``layer`` / ``stride`` (``None``: unknown, pass anything)."""
+    """Values a backbone family accepts for ``layer`` / ``stride`` (``None``: unknown, pass anything).
+    Factories may also name their defaults (``factory.default_layer`` / ``default_stride``), which are then
+    recorded in the resolved preset instead of a preset value that does not apply."""
     from .backbones.registry import backbone_factory
 
     values = getattr(backbone_factory(backbone), attr, None)
@@ -232,6 +234,9 @@ class ModelSpec:
         strides = _factory_choices(backbone, "strides")
         if stride is None and (strides is None or base.features.stride in strides):
             stride = base.features.stride
+        factory = backbone_factory(backbone)
+        layer = layer if layer is not None else getattr(factory, "default_layer", None)
+        stride = stride if stride is not None else getattr(factory, "default_stride", None)
         if layers is not None and layer is not None and layer not in layers:
             raise InputError(f"backbone {backbone!r} has no feature layer {layer!r}; choose one of "
                              f"{', '.join(layers)} (--layer)")
