@@ -64,6 +64,21 @@ def resolve_weights(weights: str | Path | None) -> str | Path:
     return weights
 
 
+def backbone_layer(backbone: str, preset_layer: str, explicit: str | None) -> str | None:
+    """The feature layer to build ``backbone`` with: ``explicit`` if given, else the preset's layer.
+
+    Presets name ResNet stages (``res3`` ...); for a backbone of another family (EfficientNet-Lite ...)
+    such a name is dropped (``None``) so the backbone uses its own default layer.
+    """
+    from .backbones.resnet import LAYERS as RESNET_LAYERS, is_resnet
+
+    if explicit is not None:
+        return explicit
+    if preset_layer in RESNET_LAYERS and not is_resnet(backbone):
+        return None
+    return preset_layer
+
+
 class Propagator:
     """Propagate object masks through a video.
 
@@ -96,7 +111,8 @@ class Propagator:
 
             self.weights = resolve_weights(weights)
             feats = self.preset.features
-            net = create_backbone(backbone, stride=feats.stride, layer=feats.layer, weights=self.weights, seed=seed)
+            net = create_backbone(backbone, stride=feats.stride, layer=backbone_layer(backbone, feats.layer, layer),
+                                  weights=self.weights, seed=seed)
             extractor = FeatureExtractor(net, device=device, input_scale=feats.input_scale,
                                          short_side=feats.short_side, batch_size=batch_size, autocast=autocast)
         else:

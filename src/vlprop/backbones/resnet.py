@@ -323,6 +323,14 @@ def _factory_doc(spec: ResNetSpec) -> str:
     """
 
 
+_ARCHS: set[str] = set()
+
+
+def is_resnet(name: str) -> bool:
+    """Whether ``name`` is a ResNet backbone registered by this module (its layers are ``LAYERS``)."""
+    return name in _ARCHS
+
+
 def _register(spec: ResNetSpec) -> None:
     def factory(*, stride: int | None = None, layer: str | None = None, padding_mode: str | None = None,
                 weights: str | os.PathLike | None = "random", seed: int = 0, weights_format: str | None = None,
@@ -334,6 +342,7 @@ def _register(spec: ResNetSpec) -> None:
     factory.__doc__ = _factory_doc(spec)
     factory.spec = spec  # type: ignore[attr-defined]
     register_backbone(factory)
+    _ARCHS.add(spec.arch)
     globals()[spec.arch] = factory
 
 
@@ -350,4 +359,4 @@ for _spec in (RESNET18, RESNET50, MAST_RESNET18):
     _register(_spec)
 del _spec
 
-__all__ = ["ResNetBackbone", "ResNetSpec", "STAGES", "LAYERS", "resnet18", "resnet50", "mast_resnet18"]
+__all__ = ["ResNetBackbone", "ResNetSpec", "STAGES", "LAYERS", "is_resnet", "resnet18", "resnet50", "mast_resnet18"]

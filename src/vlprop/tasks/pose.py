@@ -179,10 +179,11 @@ class KeypointPropagator:
         self.seed = seed
         if extractor is None:
             from ..backbones import FeatureExtractor, create_backbone
-            from ..session import resolve_weights
+            from ..session import backbone_layer, resolve_weights
 
             self.weights = resolve_weights(weights)
-            net = create_backbone(backbone, stride=feats.stride, layer=feats.layer, weights=self.weights, seed=seed)
+            net = create_backbone(backbone, stride=feats.stride, layer=backbone_layer(backbone, feats.layer, layer),
+                                  weights=self.weights, seed=seed)
             if self.track:   # the crop is already the network input: no second resize
                 extractor = FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast)
             else:
