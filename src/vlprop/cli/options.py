@@ -42,8 +42,9 @@ def add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None
     p.add_argument("--weights", default="default",
                    help=f"named model ({', '.join(sorted(NAMED_MODELS))}; default 'default'), 'random' (seeded), "
                         "'imagenet' (weights an installed package ships), or a checkpoint file / training run folder")
-    p.add_argument("--layer", default=None, help="feature layer (ResNet: res2|res3|res4|head; default: the preset's "
-                                                 "if the backbone has it, else the backbone's default)")
+    p.add_argument("--layer", default=None, help="feature layer (ResNet: res2|res3|res4|head; EfficientNet-Lite: "
+                                                 "stage0..stage6|head; default: the preset's if the backbone has it, "
+                                                 "else the backbone's default, e.g. stage4 for EfficientNet-Lite)")
     p.add_argument("--stride", type=int, default=None, help="output stride of the features (default: the preset's)")
     p.add_argument("--input-scale", type=float, default=None, help="resize frames by this factor before the "
                                                                     "backbone (e.g. 2 = x2 up-sampling)")
