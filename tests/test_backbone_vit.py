@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from vlprop.backbones import FeatureExtractor, create_backbone, list_backbones, save_checkpoint
 from vlprop.backbones.vit import VIT_SPECS, ViTBackbone, build_vit, interpolate_pos_embed
 from vlprop.backbones.weights import open_checkpoint
+from vlprop.config import PRESETS
 from vlprop.errors import CheckpointError, InputError
 
 # Tiny variants of registered specs (family behaviour kept: interpolation, LayerScale, registers).
@@ -441,6 +442,39 @@ def test_dino_file_in_a_dinov2_net_lists_the_missing_layer_scales(tmp_path):
     torch.save(_RefViT(TINY_DINO, seed=6).state_dict(), path)
     with pytest.raises(CheckpointError, match=r"missing keys \(4\): blocks\.0\.ls1\.gamma"):
         build_vit(spec, weights=path)
+
+
+# ----------------------------------------------------------------------------- presets and session
+def test_dinov2_preset_has_the_dinov3_notebook_protocol():
+    p = PRESETS["dinov2"]
+    c = p.propagation
+    assert (c.aggregation, c.topk, c.normalizer, c.temperature, c.norm_stage) == ("overall", 5, "softmax", 0.2, "topk")
+    assert (c.long_term, c.context, c.window_long_term, c.feature_norm) == (1, 7, True, True)
+    assert p.labels.output_minmax and "dinov3" in p.reference and "segmentation_tracking" in p.reference
+    assert (p.features.backbone, p.features.layer, p.features.stride) == ("dinov2_vits14", "last", 14)
+    # the notebook's neighbourhood: offsets with Euclidean norm <= 12 (inclusive circle)
+    from vlprop.propagation.affinity import window_offsets
+
+    d = torch.arange(-12, 13, dtype=torch.float64)
+    inclusive = (d[:, None] ** 2 + d[None, :] ** 2) <= 144
+    assert c.window == "disk" and torch.equal(window_offsets(c.window, c.radius), inclusive)
+
+
+def test_propagator_runs_the_dino_preset_on_dino_vits16_last_layer():
+    from vlprop.session import Propagator
+
+    f = PRESETS["dino"].features
+    assert (f.backbone, f.layer, f.stride) == ("dino_vits16", "last", 16)  # eval_video_segmentation defaults
+    prop = Propagator(preset="dino", backbone=f.backbone, weights="random")
+    assert isinstance(prop.extractor.net, ViTBackbone) and prop.extractor.stride == 16
+    frames = [np.random.default_rng(t).integers(0, 256, (60, 90, 3), dtype=np.uint8) for t in range(3)]
+    first = np.zeros((60, 90), np.uint8)
+    first[10:40, 20:60] = 1
+    out = dict(prop.propagate(frames, masks={0: first}))
+    assert sorted(out) == [0, 1, 2] and all(m.shape == (60, 90) for m in out.values())
+    assert np.array_equal(out[0], first)
+    geo = prop.extractor.geometry(60, 90)
+    assert (geo.resized_height, geo.resized_width, geo.grid_height, geo.grid_width) == (64, 96, 4, 6)
 
 
 def test_davis_frame_at_480p_gives_a_30x53_grid(davis2016):
