@@ -480,7 +480,7 @@ def test_propagator_runs_the_dino_preset_on_dino_vits16_last_layer():
 def test_davis_frame_at_480p_gives_a_30x53_grid(davis2016):
     from PIL import Image
 
-    frame = np.asarray(Image.open(davis2016 / "JPEGImages/480p/blackswan/00000.jpg").convert("RGB"))
+    frame = np.array(Image.open(davis2016 / "JPEGImages/480p/blackswan/00000.jpg").convert("RGB"))
     ext = FeatureExtractor(_dino_vits16())
     geo = ext.geometry(*frame.shape[:2])
     assert frame.shape[:2] == (480, 854) and (geo.resized_height, geo.resized_width) == (480, 848)
