@@ -107,6 +107,7 @@ def test_presets_lists_every_preset(capsys):
     text = capsys.readouterr().out
     for name in PRESETS:
         assert name in text
+    assert "backbone=dino_vits16 layer=last stride=16" in text  # a preset's own backbone is shown
     assert main(["presets", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["crw"]["propagation"]["topk"] == 10 and data["dino"]["propagation"]["context"] == 7

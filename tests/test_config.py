@@ -16,6 +16,9 @@ EXPECTED = {
                 window="disk", radius=12, window_long_term=False, feature_norm=True),
     "dino": dict(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=7, window="square",
                  radius=12, window_long_term=True, feature_norm=True),
+    # facebookresearch/dinov3 notebooks/segmentation_tracking.ipynb (circle |d| <= 12 = strict disk r in (12, 12.042))
+    "dinov2": dict(aggregation="overall", topk=5, normalizer="softmax", temperature=0.2, norm_stage="topk", context=7,
+                   long_term=1, window="disk", radius=12.04, window_long_term=True, feature_norm=True),
     "waldmann-davis": dict(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=20,
                            window="square", radius=12, window_long_term=True),
     "mckee-imagenet": dict(aggregation="overall", topk=5, normalizer="softmax", temperature=1.0, context=20,
@@ -38,6 +41,10 @@ def test_preset_settings_match_the_reference(name):
 
 def test_feature_and_label_settings_of_the_references():
     assert PRESETS["crw"].features.layer == "res3" and PRESETS["dul"].features.layer == "res4"
+    assert PRESETS["crw"].features.backbone is None  # ResNet presets run on the package default
+    dino, dinov2 = PRESETS["dino"].features, PRESETS["dinov2"].features
+    assert (dino.backbone, dino.layer, dino.stride) == ("dino_vits16", "last", 16)
+    assert (dinov2.backbone, dinov2.layer, dinov2.stride) == ("dinov2_vits14", "last", 14)
     assert PRESETS["mckee-imagenet"].features.input_scale == 2.0
     assert PRESETS["dino"].labels.output_minmax and PRESETS["waldmann-davis"].labels.output_minmax
     assert math.isclose(PRESETS["waldmann-jhmdb"].propagation.temperature, 1 / math.sqrt(512))  # UVC 22.63*cos

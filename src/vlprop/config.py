@@ -3,7 +3,8 @@
 A :class:`Preset` bundles three things: the propagation algorithm (:class:`PropagationConfig`, the
 knobs of McKee et al.'s unified algorithm plus Waldmann et al.'s), how labels are moved between
 pixels and the feature grid (:class:`LabelConfig`), and which feature layer / input scale the
-reference used (:class:`FeatureConfig`). The backbone and its weights are chosen separately.
+reference used (:class:`FeatureConfig`, which may name the backbone the preset runs on by default). The
+weights are chosen separately.
 
 Defaults are the *correct* versions of each reference; documented quirks of the reference code are
 reproduced only when ``compat=True`` is asked for (see ``Preset.compat_flags``).
@@ -129,9 +130,12 @@ class KeypointConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Feature extraction used by the reference: layer of a ResNet, stride, input scaling.
+    """Feature extraction used by the reference: backbone, feature layer, stride, input scaling.
 
-    backbone: the backbone the preset runs on when the user names none (``None``: the default model's).
+    backbone: registered backbone the preset runs on when the user does not choose one (``None``: the
+        package default, a ResNet-18). ``layer`` and ``stride`` are names/values of that backbone: ResNet
+        layers ``res2``/``res3``/``res4``/``head``; a ViT has ``layer="last"`` and ``stride`` = its patch size.
+    reference_backbone: prose description of the network the reference's numbers were measured with.
     """
 
     layer: str = "res3"
@@ -235,8 +239,29 @@ _register(Preset(
     propagation=PropagationConfig(aggregation="overall", topk=5, normalizer="exp", temperature=0.1, context=7,
                                   window="square", radius=12, window_long_term=True),
     labels=LabelConfig(downsample="nearest", output_minmax=True),
-    features=FeatureConfig(layer="res3", stride=8, reference_backbone="vit_small_patch16 / vit_base_patch8 (DINO)"),
+    # eval_video_segmentation.py defaults: --arch vit_small --patch_size 16, last layer's normed patch tokens
+    features=FeatureConfig(layer="last", stride=16, backbone="dino_vits16",
+                           reference_backbone="vit_small_patch16 / vit_base_patch8 (DINO)"),
     reference="facebookresearch/dino eval_video_segmentation.py --n_last_frames 7 --size_mask_neighborhood 12 --topk 5",
+))
+_register(Preset(
+    name="dinov2",
+    description="DINOv2/DINOv3 segmentation-tracking protocol: overall top-5 inside a circle of radius 12 cells "
+                "(inclusive) on every context frame, softmax T=0.2 over the survivors, first frame + 7 previous, "
+                "L2-normalised last-layer patch tokens, per-channel min-max before argmax; frames at their own "
+                "size (the notebook uses short side 960: --short-side 960).",
+    # DINOv3's circle keeps offsets with |d| <= 12; on the integer grid that is vlprop's strict disk
+    # (|d| < r) for any r in (12, sqrt(145) = 12.042).
+    propagation=PropagationConfig(aggregation="overall", topk=5, normalizer="softmax", temperature=0.2,
+                                  norm_stage="topk", context=7, long_term=1, window="disk", radius=12.04,
+                                  window_long_term=True, feature_norm=True),
+    labels=LabelConfig(downsample="nearest", output_minmax=True),
+    features=FeatureConfig(layer="last", stride=14, backbone="dinov2_vits14",
+                           reference_backbone="dinov3_vitl16 at short side 960 (DINOv3 notebook); no published "
+                                              "DINOv2 DAVIS number"),
+    reference="facebookresearch/dinov3 notebooks/segmentation_tracking.ipynb: MAX_CONTEXT_LENGTH 7, "
+              "NEIGHBORHOOD_SIZE 12, NEIGHBORHOOD_SHAPE circle (norm <= size), TOPK 5, TEMPERATURE 0.2, "
+              "softmax over the top-k, nearest-exact mask downsampling, per-mask min-max before argmax",
 ))
 _register(Preset(
     name="waldmann-davis",

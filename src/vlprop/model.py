@@ -217,7 +217,8 @@ class ModelSpec:
             from .config import KeypointConfig
 
             base = replace(base, keypoints=KeypointConfig())
-        backbone = self.backbone or (nm.backbone if nm else None) or getattr(base.features, "backbone", None) or DEFAULT_BACKBONE
+        backbone = (self.backbone or (nm.backbone if nm else None) or getattr(base.features, "backbone", None)
+                    or DEFAULT_BACKBONE)
         backbone_factory(backbone)  # unknown name -> InputError listing the known ones
         if nm is not None and self.backbone is not None and self.backbone != nm.backbone:
             raise InputError(f"weights {self.weights!r} are the named model {nm.name!r} for backbone {nm.backbone!r}, "
@@ -228,11 +229,18 @@ class ModelSpec:
         feat_over = {k: overrides.pop(k) for k in ("layer", "stride") if k in overrides}
         layer = self.layer or feat_over.get("layer") or (nm.layer if nm else None)
         stride = self.stride or feat_over.get("stride") or (nm.stride if nm else None)
+        preset_backbone = getattr(base.features, "backbone", None)
+        if preset_backbone is not None and preset_backbone != backbone:
+            log.warning("preset %r reproduces its reference on backbone %r; running it on %r with that backbone's "
+                        "own feature layer and stride", base.name, preset_backbone, backbone)
+        # a preset's layer/stride are the reference network's: used for its own backbone, or (presets written
+        # for ResNets, which name no backbone) for any backbone that has them
+        applies = preset_backbone is None or preset_backbone == backbone
         layers = _factory_choices(backbone, "layers")
-        if layer is None and (layers is None or base.features.layer in layers):
+        if layer is None and applies and (layers is None or base.features.layer in layers):
             layer = base.features.layer
         strides = _factory_choices(backbone, "strides")
-        if stride is None and (strides is None or base.features.stride in strides):
+        if stride is None and applies and (strides is None or base.features.stride in strides):
             stride = base.features.stride
         factory = backbone_factory(backbone)
         layer = layer if layer is not None else getattr(factory, "default_layer", None)

@@ -335,6 +335,8 @@ def _register(spec: ResNetSpec) -> None:
     factory.spec = spec  # type: ignore[attr-defined]
     factory.layers = (*LAYERS, *_LAYER_ALIASES)  # type: ignore[attr-defined]
     factory.strides = _STRIDES  # type: ignore[attr-defined]
+    factory.default_layer = spec.default_layer  # type: ignore[attr-defined]
+    factory.default_stride = spec.default_stride  # type: ignore[attr-defined]
     register_backbone(factory)
     globals()[spec.arch] = factory
 

@@ -20,6 +20,11 @@ mast           ``["state_dict"]``           ``feature_extraction.`` -> ``""``, `
                                             plus block internals (``left.0`` -> ``conv1`` ...)
 uvc            ``["state_dict"]``           ``gray_encoder.`` -> ``""`` (colour encoder/decoder ignored)
 moco           ``["state_dict"]``           ``encoder_q.`` -> ``""`` (``encoder_k``, ``queue`` ignored)
+dinov2         the file itself              identity (``mask_token`` dropped by the ViT); training-time block chunks
+                                            ``blocks.<chunk>.<i>.`` -> ``blocks.<i>.``
+dino_teacher   ``["teacher"]``              ``backbone.`` -> ``""`` (DINO ``head.*``, DINOv2 ``dino_head.*`` /
+                                            ``ibot_head.*`` ignored; block chunks as ``dinov2``)
+dino           the file itself              identity (DINO's ViT names = vlprop's)
 vlprop         ``["state_dict"]``           identity; ``arch``/``layer``/``stride`` recorded in the file
 efficientnet-  the file itself              EfficientNet-PyTorch (lukemelas) names -> timm ``tf_efficientnet_lite*``
 lite0/1/2                                   names, see below (``_fc.*`` -> ``classifier.*``)
@@ -36,6 +41,14 @@ stage 0 is a depthwise-separable block (``_depthwise_conv``/``_bn1`` -> ``conv_d
 ``_project_conv``/``_bn2`` -> ``conv_pwl``/``bn3``). The wheels' convolutions are TensorFlow "same"-padded
 with BatchNorm eps 1e-3, which is exactly timm's ``tf_`` variant (not the symmetric-padding
 ``efficientnet_lite*``).
+
+The ViT layouts (``dino``, ``dinov2``, ``dino_teacher``) use the official DINO/DINOv2 parameter names, which
+are also :class:`~vlprop.backbones.vit.ViTBackbone`'s: ``cls_token`` [1, 1, D], ``pos_embed`` [1, 1+M*M, D]
+(DINO M = 224/patch, DINOv2 M = 37), ``register_tokens`` [1, 4, D] (DINOv2 ``_reg``), ``patch_embed.proj.*``,
+``blocks.N.{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}.*`` (``ls*`` only in
+DINOv2), ``norm.*``; DINOv2 files also hold ``mask_token`` [1, D]. Detection: ``mask_token`` -> ``dinov2``;
+``backbone.patch_embed.`` (in ``["teacher"]``) -> ``dino_teacher``; ``patch_embed.proj.`` -> ``dino``. timm's
+DINOv2-with-registers files (``reg_token``, class position folded into ``cls_token``) are not supported.
 """
 from __future__ import annotations
 
@@ -57,6 +70,11 @@ VLPROP_FORMAT = "vlprop"
 VLPROP_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MAX_LISTED = 8
+# Entries of a checkpoint dict that may hold the network's state dict, in order of preference
+# ("teacher": DINO / DINOv2 training checkpoints, whose teacher is the network they evaluate).
+_CONTAINERS = ("state_dict", "model", "model_state", "net", "network", "teacher")
+# DINOv2 FSDP block chunks: "blocks.<chunk>.<global block index>." -> "blocks.<index>."
+_BLOCK_CHUNK = r"^blocks\.\d+\.(\d+)\."
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,27 @@ KEY_MAPS: dict[str, KeyMap] = {
         "moco", "facebookresearch/moco moco/builder.py, main_moco.py",
         containers=("state_dict",), prefixes=(("encoder_q.", ""),),
         ignore=("encoder_k.", "queue", "queue_ptr"), signature="encoder_q."),
+    # dinov2 dinov2/hub/backbones.py loads dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth strictly into
+    # models/vision_transformer.py DinoVisionTransformer(block_chunks=0): a bare state dict with mask_token;
+    # FSDP training wraps blocks in BlockChunks ("blocks.<chunk>.<global index>.", identities padding the front).
+    # Listed before "dino": both have patch_embed.*, only DINOv2 has mask_token.
+    "dinov2": KeyMap(
+        "dinov2", "facebookresearch/dinov2 dinov2/hub/backbones.py, dinov2/models/vision_transformer.py",
+        containers=(), prefixes=(("", ""),), renames=((_BLOCK_CHUNK, r"blocks.\1."),), signature="mask_token"),
+    # DINO main_dino.py saves {"student", "teacher", "optimizer", "epoch", "args", "dino_loss"}; the teacher is a
+    # MultiCropWrapper (backbone + DINOHead "head.*"), "module."-prefixed under DDP; eval_video_segmentation.py
+    # takes checkpoint_key "teacher" and strips "module." and "backbone.". DINOv2 train/train.py writes
+    # {"teacher": {"backbone.*", "dino_head.*", "ibot_head.*"}} (eval/teacher_checkpoint.pth).
+    "dino_teacher": KeyMap(
+        "dino_teacher", "facebookresearch/dino main_dino.py, utils.py (load_pretrained_weights); "
+                        "facebookresearch/dinov2 dinov2/train/train.py (do_test)",
+        containers=("teacher",), prefixes=(("backbone.", ""),), ignore=("head.", "dino_head.", "ibot_head."),
+        renames=((_BLOCK_CHUNK, r"blocks.\1."),), signature="backbone.patch_embed."),
+    # DINO hubconf.py / vision_transformer.py: dino_deitsmall16_pretrain.pth ... are bare VisionTransformer
+    # state dicts (num_classes=0), loaded strictly.
+    "dino": KeyMap(
+        "dino", "facebookresearch/dino hubconf.py, vision_transformer.py",
+        containers=(), prefixes=(("", ""),), signature="patch_embed.proj."),
     "vlprop": KeyMap(
         "vlprop", "vlprop.backbones.weights.save_checkpoint",
         containers=("state_dict",), prefixes=(("", ""),)),
@@ -307,7 +346,7 @@ def _candidate_state_dicts(obj: Any) -> list[tuple[str, dict[str, Any]]]:
         return [("<module>", _strip_wrappers(obj.state_dict()))]
     found = []
     if isinstance(obj, Mapping):
-        for name in ("state_dict", "model", "model_state", "net", "network"):
+        for name in _CONTAINERS:
             inner = obj.get(name)
             if isinstance(inner, nn.Module):
                 inner = inner.state_dict()

@@ -80,7 +80,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
               f"norm_stage={c.norm_stage} context={c.long_term}+{c.context} window={win} "
               f"feature_norm={c.feature_norm} label_norm={c.label_norm}")
         f = p.features
-        print(f"  features: layer={f.layer} stride={f.stride} input_scale={f.input_scale:g}"
+        print(f"  features: " + (f"backbone={f.backbone} " if f.backbone else "")
+              + f"layer={f.layer} stride={f.stride} input_scale={f.input_scale:g}"
               + (f" short_side={f.short_side}" if f.short_side else "")
               + f"; labels: downsample={p.labels.downsample} output_minmax={p.labels.output_minmax}")
         if p.compat_flags:
