@@ -29,6 +29,9 @@ EXPECTED = {
                            radius=12, window_long_term=True),
     "crw-jhmdb": dict(aggregation="overall", topk=10, temperature=0.05, context=7, window="disk", radius=12,
                       window_long_term=False),
+    # WALD _reported_configs/DAVIS2016val-zvos (spec §1.2): k=20, dino normaliser, r=12, num_context 1
+    "waldmann-zvos": dict(aggregation="overall", topk=20, normalizer="exp", temperature=0.1, context=1,
+                          long_term=1, window="square", radius=12, window_long_term=True, label_norm="none"),
 }
 
 

@@ -330,6 +330,22 @@ _register(Preset(
               "(community JHMDB command); paper PCK@0.1/0.2 59.3/84.9",
 ))
 
+# Zero-shot VOS (vlprop.tasks.zero_shot): the first-frame mask comes from an initialiser, not from a label.
+_register(Preset(
+    name="waldmann-zvos",
+    description="Waldmann et al. 2022 zero-shot VOS propagation (single object): joint top-20 over the first frame "
+                "+ 1 previous, exp(a/0.1) renormalised, square window radius 12 on all frames, per-channel min-max "
+                "decoding; the first mask comes from `vlprop init-mask` (DINO attention or CAM).",
+    propagation=PropagationConfig(aggregation="overall", topk=20, normalizer="exp", temperature=0.1, context=1,
+                                  window="square", radius=12, window_long_term=True),
+    labels=LabelConfig(downsample="bilinear", output_minmax=True),
+    features=FeatureConfig(layer="res4", stride=8, reference_backbone="vit_base_patch8 (DINO) @480"),
+    compat_flags=("compat_mask_before_exp",),
+    reference="urs-waldmann/improving-unsupervised-label-propagation _reported_configs/DAVIS2016val-zvos and "
+              "SegTrackV2-zvos (affinity_topk 20, dino, neighborhood_size 12, num_context 1, single-object minmax "
+              "codec, so_attention_v4); DAVIS-16 val J&F 59.8, SegTrackV2 J 58.4",
+))
+
 
 def get_preset(name: str | Preset, compat: bool = False, **overrides: Any) -> Preset:
     """Look up a preset by name and apply ``compat`` quirks and overrides."""

@@ -3,6 +3,7 @@
 * :mod:`.propagate` — ``propagate`` (masks), ``presets``, ``demo``; :mod:`.keypoints` — ``propagate --keypoints``
 * :mod:`.eval` — ``eval vos | score | pose``
 * :mod:`.train` — ``train``, ``export``
+* :mod:`.zero_shot` — ``init-mask``, ``segment``, ``eval zero-shot`` (no label: zero-shot VOS)
 * :mod:`.options` — the shared model arguments (``--preset --backbone --weights ...``) and ``--set`` parsing
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from vlprop import __version__
 from vlprop.cli import eval as eval_cli
 from vlprop.cli import propagate as propagate_cli
 from vlprop.cli import train as train_cli
+from vlprop.cli import zero_shot as zero_shot_cli
 from vlprop.cli.options import parse_sets
 from vlprop.errors import VlpropError
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     propagate_cli.add_commands(sub)
     eval_cli.add_commands(sub)
     train_cli.add_commands(sub)
+    zero_shot_cli.add_commands(sub)
     return ap
 
 

@@ -56,6 +56,9 @@ def add_commands(sub) -> None:
     v.set_defaults(func=cmd_eval_vos)
 
     add_pose_command(esub)
+    from vlprop.cli.zero_shot import add_eval_command
+
+    add_eval_command(esub)
 
     s = esub.add_parser(
         "score", help="score <pred>/<seq>/<frame>.png against <gt>/<seq>/<frame>.png (official DAVIS numbers)",
