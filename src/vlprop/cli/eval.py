@@ -137,9 +137,34 @@ def cmd_eval_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_arg(text: str) -> tuple[int, int] | None:
+    """``WxH`` (pixels) or ``native``."""
+    if text.strip().lower() == "native":
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH in pixels (e.g. 512x320) or 'native', got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be >= 1, got {text!r}")
+    return w, h
+
+
+def pose_protocol(dataset: str, protocol: str | None) -> str:
+    """The scoring protocol of ``eval pose``: BADJA's own for BADJA unless asked otherwise, else JHMDB's."""
+    if protocol is None:
+        return "badja" if dataset == "badja" else "jhmdb"
+    if protocol == "badja" and dataset != "badja":
+        raise InputError(f"--protocol badja needs the GT segmentation masks of the BADJA layout (--dataset badja), "
+                         f"not --dataset {dataset}")
+    return protocol
+
+
 def add_pose_command(eval_subparsers) -> Any:
     """Register ``vlprop eval pose`` on the ``eval`` sub-command's subparsers; returns the new parser."""
-    from vlprop.eval.pose import DATASETS
+    from vlprop.eval.pck import BADJA_EVAL_SIZE
+    from vlprop.eval.pose import DATASETS, PROTOCOLS
 
     p = eval_subparsers.add_parser(
         "pose", help="propagate keypoints through a dataset (JHMDB, BADJA, folder) and score PCK",
@@ -153,6 +178,13 @@ def add_pose_command(eval_subparsers) -> Any:
     p.add_argument("--out", required=True, help="output folder (predictions/, pck.csv, pck.md, pck.json)")
     p.add_argument("--max-frames", type=int, default=None,
                    help="propagate at most this many frames per video (quick checks; recorded in the protocol)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="scoring: jhmdb = PCK@0.1..0.5 of 0.6 x the GT keypoint-box diagonal (CRW/Waldmann); "
+                        "badja = correct within 0.2 x sqrt(GT mask area), the BADJA/PIPs protocol "
+                        "(default: badja for --dataset badja, else jhmdb)")
+    p.add_argument("--badja-size", type=_size_arg, default=BADJA_EVAL_SIZE, metavar="WxH|native",
+                   help="BADJA protocol: resolution the mask areas and distances are measured in (default "
+                        f"{BADJA_EVAL_SIZE[0]}x{BADJA_EVAL_SIZE[1]}, the PIPs evaluation; native = frame pixels)")
     p.add_argument("--force", action="store_true", help="recompute every video (also with another protocol)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking_arguments(p)
@@ -165,6 +197,7 @@ def cmd_eval_pose(args) -> int:
     from vlprop.eval.pck import format_pck_markdown
     from vlprop.eval.pose import evaluate_pose, read_pose_dataset
 
+    protocol = pose_protocol(args.dataset, args.protocol)
     videos = read_pose_dataset(args.dataset, args.root, args.split, args.split_num)
     prop = propagator_from_args(args, outside="invisible")
     record = model_spec_from_args(args).weights_record()
@@ -172,7 +205,8 @@ def cmd_eval_pose(args) -> int:
                "split_num": args.split_num if args.dataset == "jhmdb" else None,
                "videos": [v.name for v in videos]}
     res = evaluate_pose(videos, prop, args.out, dataset=dataset, max_frames=args.max_frames, force=args.force,
-                        progress=not args.quiet, log=print, weights_record=record)
+                        progress=not args.quiet, log=print, weights_record=record, protocol=protocol,
+                        badja_size=args.badja_size)
     print(format_pck_markdown(res.results), end="")
     print(f"results: {Path(args.out) / 'pck.md'}")
     return 0
