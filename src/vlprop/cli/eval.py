@@ -56,6 +56,7 @@ def add_commands(sub) -> None:
     v.set_defaults(func=cmd_eval_vos)
 
     add_pose_command(esub)
+    add_points_command(esub)
 
     s = esub.add_parser(
         "score", help="score <pred>/<seq>/<frame>.png against <gt>/<seq>/<frame>.png (official DAVIS numbers)",
@@ -209,4 +210,57 @@ def cmd_eval_pose(args) -> int:
                         badja_size=args.badja_size)
     print(format_pck_markdown(res.results), end="")
     print(f"results: {Path(args.out) / 'pck.md'}")
+    return 0
+
+
+def add_points_command(eval_subparsers) -> Any:
+    """Register ``vlprop eval points``: keypoint propagation scored with the TAP-Vid metrics (and PCK)."""
+    from vlprop.eval.pck import BADJA_EVAL_SIZE
+    from vlprop.eval.points import POINT_DATASETS
+
+    p = eval_subparsers.add_parser(
+        "points", help="propagate point tracks (TAP-Vid, JHMDB, BADJA, folder) and score AJ / δ_avg / OA",
+        description="Every track is queried at its first visible frame (TAP-Vid 'query first') and propagated as "
+                    "a keypoint; the propagator's invisible output is the occlusion prediction. Reports Average "
+                    "Jaccard, δ_avg and occlusion accuracy in the 256x256 benchmark frame, per video and their "
+                    "mean; keypoint datasets also get their own PCK from the same predictions.")
+    p.add_argument("--dataset", required=True, choices=POINT_DATASETS, help="dataset layout")
+    p.add_argument("--root", required=True, help="tapvid: a TAP-Vid .pkl (or a folder of them); else the dataset root")
+    p.add_argument("--split", default=None, help="jhmdb/badja/folder: as `eval pose --split`")
+    p.add_argument("--split-num", type=int, default=1, help="JHMDB split 1, 2 or 3 (default 1)")
+    p.add_argument("--videos", default=None, help="tapvid: comma-separated subset of video names")
+    p.add_argument("--resize", type=_size_arg, default=(256, 256), metavar="WxH|native",
+                   help="tapvid: resize frames to this size before propagation (default 256x256, the benchmark's "
+                        "input); metrics are always measured in a 256x256 frame")
+    p.add_argument("--badja-size", type=_size_arg, default=BADJA_EVAL_SIZE, metavar="WxH|native",
+                   help=f"badja: resolution of the BADJA PCK (default {BADJA_EVAL_SIZE[0]}x{BADJA_EVAL_SIZE[1]})")
+    p.add_argument("--out", required=True, help="output folder (points.md/csv/json, predictions/, protocol.json)")
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of every video")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_arguments(p)
+    add_model_args(p, default_preset="waldmann-jhmdb")
+    p.set_defaults(func=cmd_eval_points)
+    return p
+
+
+def cmd_eval_points(args) -> int:
+    from vlprop.eval.points import evaluate_points, points_table, pose_point_videos, tapvid_point_videos
+
+    if args.dataset == "tapvid":
+        videos = tapvid_point_videos(args.root, _names(args.videos) if args.videos else None, args.resize)
+    else:
+        if args.videos:
+            raise InputError("--videos selects TAP-Vid videos; use --split LIST_FILE for keypoint datasets")
+        videos = pose_point_videos(args.dataset, args.root, args.split, args.split_num)
+    prop = propagator_from_args(args, outside="invisible")
+    record = model_spec_from_args(args).weights_record()
+    dataset = {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,
+               "resize": None if args.dataset != "tapvid" or args.resize is None else list(args.resize),
+               "videos": [v.name for v in videos]}
+    res = evaluate_points(videos, prop, args.out, kind=args.dataset, dataset=dataset, max_frames=args.max_frames,
+                          force=args.force, progress=not args.quiet, log=print, weights_record=record,
+                          badja_size=args.badja_size)
+    print(points_table(res), end="")
+    print(f"results: {Path(args.out) / 'points.md'}")
     return 0
