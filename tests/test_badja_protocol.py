@@ -132,3 +132,21 @@ def test_eval_pose_defaults_to_the_badja_protocol_for_badja_only():
     assert pose_protocol("jhmdb", None) == "jhmdb"
     with pytest.raises(InputError, match="--protocol badja needs"):
         pose_protocol("folder", "badja")
+
+
+def test_eval_points_on_badja_queries_late_joints_and_scores_both_ways(tmp_path):
+    from vlprop.eval.points import evaluate_points, pose_point_videos
+
+    root = tmp_path / "badja"
+    _badja_layout(root)
+    (video,) = pose_point_videos("badja", root)
+    prop = KeypointPropagator("crw-jhmdb", extractor=_IdentityExtractor(), decoder="fit", topk=1, crw_compat=False,
+                              subpixel=True)
+    res = evaluate_points([video], prop, tmp_path / "out", kind="badja", progress=False, badja_size=None)
+    row = res.per_video[0]
+    # j2 (invisible on frame 0) is queried on frame 2: two passes; its own query frame is not scored, so the
+    # BADJA PCK is frame 2 j0 (correct), j1 (miss), frame 4 j0 (correct) = 2 / 3
+    assert row["passes"] == 2 and row["badja PCK@0.2"] == pytest.approx(200 / 3)
+    # TAP-Vid scores j0 on f2, f4, j1 on f2, f4 (occluded) and j2 on f4 (occluded); every prediction is
+    # visible, so the two occluded points are occlusion errors: OA = 3 / 5
+    assert (row["scored"], row["visible"]) == (5, 3) and row["OA"] == pytest.approx(60.0)

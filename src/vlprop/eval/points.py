@@ -223,11 +223,19 @@ def _pose_prediction(video: PointVideo, pred: PointPrediction, start: int) -> Ke
 def pose_scores(videos: Sequence[PointVideo], preds: Sequence[PointPrediction], kind: str,
                 badja_size: tuple[int, int] | None = BADJA_EVAL_SIZE) -> tuple[dict[str, Any], list[dict]]:
     """The keypoint dataset's own PCK from the same predictions: BADJA protocol for ``badja``, else the
-    CRW/Waldmann reference PCK (only GT frames from each video's labelled frame on; that frame not scored)."""
+    CRW/Waldmann reference PCK (only GT frames from each video's labelled frame on; that frame is not scored,
+    nor is the query frame of a track first visible later)."""
     scored, areas = [], {}
     for v, p in zip(videos, preds):
         # the GT of the frames that were propagated (a video cut by max_frames keeps len(v.frames) frames)
         start, _, gt = v.pose.clip(max(1, len(v.frames) - v.pose.start()))
+        # a track queried after the labelled frame is given on its query frame: that frame is not scored
+        t_of = {f: t for t, f in enumerate(gt.frames)}
+        gvis = gt.visible.copy()
+        for n, q in enumerate(p.query):
+            if q >= 0 and v.annotated[q] > start and v.annotated[q] in t_of:
+                gvis[t_of[v.annotated[q]], n] = False
+        gt = KeypointSequence(gt.names, gt.frames, gt.xy, gvis, gt.confidence, gt.skeleton)
         scored.append((v.name, gt, _pose_prediction(v, p, start), tuple(v.frame_size)))
         if kind == "badja":
             areas[v.name] = badja_areas(v.pose, gt.frames, badja_size)

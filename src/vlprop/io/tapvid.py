@@ -135,8 +135,8 @@ def _video(entry: Any, name: str, source: str) -> TapVidVideo:
         got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise InputError(f"{where}: expected a dict with 'video', 'points' and 'occluded', got {got}")
     frames = entry["video"]
-    if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], (bytes, bytearray)):
-        frames = _JpegFrames(frames, where)
+    if isinstance(frames, (list, tuple, np.ndarray)) and len(frames) and isinstance(frames[0], (bytes, bytearray)):
+        frames = _JpegFrames(frames, where)     # a list (or object array) of encoded frames
     else:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
