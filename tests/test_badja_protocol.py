@@ -150,3 +150,14 @@ def test_eval_points_on_badja_queries_late_joints_and_scores_both_ways(tmp_path)
     # TAP-Vid scores j0 on f2, f4, j1 on f2, f4 (occluded) and j2 on f4 (occluded); every prediction is
     # visible, so the two occluded points are occlusion errors: OA = 3 / 5
     assert (row["scored"], row["visible"]) == (5, 3) and row["OA"] == pytest.approx(60.0)
+
+
+def test_badja_size_option_takes_wxh_or_native():
+    from vlprop.cli import build_parser
+
+    base = ["eval", "pose", "--dataset", "badja", "--root", "r", "--out", "o"]
+    assert build_parser().parse_args(base).badja_size == (512, 320)
+    assert build_parser().parse_args(base + ["--badja-size", "native"]).badja_size is None
+    assert build_parser().parse_args(base + ["--badja-size", "1920x1080"]).badja_size == (1920, 1080)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--badja-size", "big"])
