@@ -1,7 +1,7 @@
 """The ``vlprop`` command. The only package that imports argparse: one module per verb family.
 
 * :mod:`.propagate` — ``propagate`` (masks), ``presets``, ``demo``; :mod:`.keypoints` — ``propagate --keypoints``
-* :mod:`.eval` — ``eval vos | score | pose``
+* :mod:`.eval` — ``eval vos | score | pose | points``
 * :mod:`.train` — ``train``, ``export``
 * :mod:`.zero_shot` — ``init-mask``, ``segment``, ``eval zero-shot`` (no label: zero-shot VOS)
 * :mod:`.options` — the shared model arguments (``--preset --backbone --weights ...``) and ``--set`` parsing

@@ -56,6 +56,7 @@ def add_commands(sub) -> None:
     v.set_defaults(func=cmd_eval_vos)
 
     add_pose_command(esub)
+    add_points_command(esub)
     from vlprop.cli.zero_shot import add_eval_command
 
     add_eval_command(esub)
@@ -140,9 +141,34 @@ def cmd_eval_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_arg(text: str) -> tuple[int, int] | None:
+    """``WxH`` (pixels) or ``native``."""
+    if text.strip().lower() == "native":
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH in pixels (e.g. 512x320) or 'native', got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be >= 1, got {text!r}")
+    return w, h
+
+
+def pose_protocol(dataset: str, protocol: str | None) -> str:
+    """The scoring protocol of ``eval pose``: BADJA's own for BADJA unless asked otherwise, else JHMDB's."""
+    if protocol is None:
+        return "badja" if dataset == "badja" else "jhmdb"
+    if protocol == "badja" and dataset != "badja":
+        raise InputError(f"--protocol badja needs the GT segmentation masks of the BADJA layout (--dataset badja), "
+                         f"not --dataset {dataset}")
+    return protocol
+
+
 def add_pose_command(eval_subparsers) -> Any:
     """Register ``vlprop eval pose`` on the ``eval`` sub-command's subparsers; returns the new parser."""
-    from vlprop.eval.pose import DATASETS
+    from vlprop.eval.pck import BADJA_EVAL_SIZE
+    from vlprop.eval.pose import DATASETS, PROTOCOLS
 
     p = eval_subparsers.add_parser(
         "pose", help="propagate keypoints through a dataset (JHMDB, BADJA, folder) and score PCK",
@@ -156,6 +182,13 @@ def add_pose_command(eval_subparsers) -> Any:
     p.add_argument("--out", required=True, help="output folder (predictions/, pck.csv, pck.md, pck.json)")
     p.add_argument("--max-frames", type=int, default=None,
                    help="propagate at most this many frames per video (quick checks; recorded in the protocol)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="scoring: jhmdb = PCK@0.1..0.5 of 0.6 x the GT keypoint-box diagonal (CRW/Waldmann); "
+                        "badja = correct within 0.2 x sqrt(GT mask area), the BADJA/PIPs protocol "
+                        "(default: badja for --dataset badja, else jhmdb)")
+    p.add_argument("--badja-size", type=_size_arg, default=BADJA_EVAL_SIZE, metavar="WxH|native",
+                   help="BADJA protocol: resolution the mask areas and distances are measured in (default "
+                        f"{BADJA_EVAL_SIZE[0]}x{BADJA_EVAL_SIZE[1]}, the PIPs evaluation; native = frame pixels)")
     p.add_argument("--force", action="store_true", help="recompute every video (also with another protocol)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking_arguments(p)
@@ -168,6 +201,7 @@ def cmd_eval_pose(args) -> int:
     from vlprop.eval.pck import format_pck_markdown
     from vlprop.eval.pose import evaluate_pose, read_pose_dataset
 
+    protocol = pose_protocol(args.dataset, args.protocol)
     videos = read_pose_dataset(args.dataset, args.root, args.split, args.split_num)
     prop = propagator_from_args(args, outside="invisible")
     record = model_spec_from_args(args).weights_record()
@@ -175,7 +209,61 @@ def cmd_eval_pose(args) -> int:
                "split_num": args.split_num if args.dataset == "jhmdb" else None,
                "videos": [v.name for v in videos]}
     res = evaluate_pose(videos, prop, args.out, dataset=dataset, max_frames=args.max_frames, force=args.force,
-                        progress=not args.quiet, log=print, weights_record=record)
+                        progress=not args.quiet, log=print, weights_record=record, protocol=protocol,
+                        badja_size=args.badja_size)
     print(format_pck_markdown(res.results), end="")
     print(f"results: {Path(args.out) / 'pck.md'}")
+    return 0
+
+
+def add_points_command(eval_subparsers) -> Any:
+    """Register ``vlprop eval points``: keypoint propagation scored with the TAP-Vid metrics (and PCK)."""
+    from vlprop.eval.pck import BADJA_EVAL_SIZE
+    from vlprop.eval.points import POINT_DATASETS
+
+    p = eval_subparsers.add_parser(
+        "points", help="propagate point tracks (TAP-Vid, JHMDB, BADJA, folder) and score AJ / δ_avg / OA",
+        description="Every track is queried at its first visible frame (TAP-Vid 'query first') and propagated as "
+                    "a keypoint; the propagator's invisible output is the occlusion prediction. Reports Average "
+                    "Jaccard, δ_avg and occlusion accuracy in the 256x256 benchmark frame, per video and their "
+                    "mean; keypoint datasets also get their own PCK from the same predictions.")
+    p.add_argument("--dataset", required=True, choices=POINT_DATASETS, help="dataset layout")
+    p.add_argument("--root", required=True, help="tapvid: a TAP-Vid .pkl (or a folder of them); else the dataset root")
+    p.add_argument("--split", default=None, help="jhmdb/badja/folder: as `eval pose --split`")
+    p.add_argument("--split-num", type=int, default=1, help="JHMDB split 1, 2 or 3 (default 1)")
+    p.add_argument("--videos", default=None, help="tapvid: comma-separated subset of video names")
+    p.add_argument("--resize", type=_size_arg, default=(256, 256), metavar="WxH|native",
+                   help="tapvid: resize frames to this size before propagation (default 256x256, the benchmark's "
+                        "input); metrics are always measured in a 256x256 frame")
+    p.add_argument("--badja-size", type=_size_arg, default=BADJA_EVAL_SIZE, metavar="WxH|native",
+                   help=f"badja: resolution of the BADJA PCK (default {BADJA_EVAL_SIZE[0]}x{BADJA_EVAL_SIZE[1]})")
+    p.add_argument("--out", required=True, help="output folder (points.md/csv/json, predictions/, protocol.json)")
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of every video")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_arguments(p)
+    add_model_args(p, default_preset="waldmann-jhmdb")
+    p.set_defaults(func=cmd_eval_points)
+    return p
+
+
+def cmd_eval_points(args) -> int:
+    from vlprop.eval.points import evaluate_points, points_table, pose_point_videos, tapvid_point_videos
+
+    if args.dataset == "tapvid":
+        videos = tapvid_point_videos(args.root, _names(args.videos) if args.videos else None, args.resize)
+    else:
+        if args.videos:
+            raise InputError("--videos selects TAP-Vid videos; use --split LIST_FILE for keypoint datasets")
+        videos = pose_point_videos(args.dataset, args.root, args.split, args.split_num)
+    prop = propagator_from_args(args, outside="invisible")
+    record = model_spec_from_args(args).weights_record()
+    dataset = {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,
+               "resize": None if args.dataset != "tapvid" or args.resize is None else list(args.resize),
+               "videos": [v.name for v in videos]}
+    res = evaluate_points(videos, prop, args.out, kind=args.dataset, dataset=dataset, max_frames=args.max_frames,
+                          force=args.force, progress=not args.quiet, log=print, weights_record=record,
+                          badja_size=args.badja_size)
+    print(points_table(res), end="")
+    print(f"results: {Path(args.out) / 'points.md'}")
     return 0

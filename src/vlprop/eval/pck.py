@@ -169,6 +169,71 @@ def keypoint_coverage(gt_xy: Sequence, pred_xy: Sequence, pred_visible: Sequence
     return out[0], out[1]
 
 
+# ------------------------------------------------------------------ BADJA rule
+
+#: BADJA: a keypoint is correct within ``BADJA_ALPHA * sqrt(area of the animal's GT mask)``.
+BADJA_ALPHA = 0.2
+#: (W, H) the PIPs BADJA evaluation resizes frames, masks and keypoints to before measuring (its published
+#: PIPs 64.4 / RAFT 45.6 / DINO numbers, and FGVC's 69.7, use it); ``None`` = the frames' own pixels.
+BADJA_EVAL_SIZE = (512, 320)
+
+
+def resize_nearest(mask, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of ``[H, W]`` to ``size`` ``(W', H')``: output pixel ``i`` takes input pixel
+    ``floor(i * H / H')`` (``F.interpolate(mode="nearest")``, as the PIPs evaluation resizes the masks)."""
+    m = np.asarray(mask)
+    h, w = m.shape[:2]
+    ow, oh = size
+    rows = np.minimum((np.arange(oh) * (h / oh)).astype(np.int64), h - 1)
+    cols = np.minimum((np.arange(ow) * (w / ow)).astype(np.int64), w - 1)
+    return m[rows][:, cols]
+
+
+def mask_area(mask, size: tuple[int, int] | None = None) -> float:
+    """Foreground pixels (``mask > 0``) of ``[H, W]`` after a nearest resize to ``size`` ``(W, H)`` if given."""
+    m = np.asarray(mask) > 0
+    if m.ndim != 2:
+        raise InputError(f"a mask must be [H, W], got shape {m.shape}")
+    if size is not None and (m.shape[1], m.shape[0]) != tuple(size):
+        m = resize_nearest(m, size)
+    return float(np.count_nonzero(m))
+
+
+def badja_thresholds(areas, alpha: float = BADJA_ALPHA) -> np.ndarray:
+    """``alpha * sqrt(area)`` per frame (``areas`` in squared evaluation pixels)."""
+    a = np.asarray(areas, dtype=np.float64)
+    if (a < 0).any():
+        raise InputError("mask areas must be >= 0")
+    return alpha * np.sqrt(a)
+
+
+def badja_correct(gt_xy, pred_xy, gt_visible, areas, pred_visible=None, *, scale=(1.0, 1.0),
+                  alpha: float = BADJA_ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """BADJA correctness of one video's scored frames: ``(correct [T, K] bool, scored [T, K] bool)``.
+
+    ``gt_xy`` / ``pred_xy``: ``[T, K, 2]`` frame pixels; ``gt_visible``: ``[T, K]``; ``areas``: ``[T]`` mask
+    areas in evaluation pixels; ``scale``: evaluation pixels per frame pixel ``(sx, sy)`` (PIPs: 512/W,
+    320/H). A GT-visible joint is scored; it is correct when ``||(pred - gt) * scale|| < alpha *
+    sqrt(area)`` (strict, as PIPs); a joint predicted invisible (``pred_visible`` False or NaN coordinates)
+    is a miss.
+    """
+    gt = np.asarray(gt_xy, dtype=np.float64)
+    pred = np.asarray(pred_xy, dtype=np.float64)
+    gv = np.asarray(gt_visible, dtype=bool) & np.isfinite(gt).all(axis=2)
+    if pred.shape != gt.shape or gt.ndim != 3 or gt.shape[2] != 2:
+        raise InputError(f"BADJA: ground truth {gt.shape} and predictions {pred.shape} must both be [T, K, 2]")
+    thr = badja_thresholds(areas, alpha)
+    if thr.shape != (gt.shape[0],):
+        raise InputError(f"BADJA: {thr.shape[0] if thr.ndim else 1} mask areas for {gt.shape[0]} frames")
+    pv = np.isfinite(pred).all(axis=2)
+    if pred_visible is not None:
+        pv &= np.asarray(pred_visible, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        d = np.linalg.norm((pred - gt) * np.asarray(scale, dtype=np.float64), axis=2)
+        correct = gv & pv & (d < thr[:, None])
+    return correct, gv
+
+
 # ----------------------------------------------------------------- evaluation
 
 

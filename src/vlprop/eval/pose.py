@@ -55,10 +55,23 @@ from ..io.keypoints import (
     write_keypoints_json,
 )
 from ..io.video import IMAGE_EXTENSIONS, Frame, FrameSource, natural_key
-from .pck import PCK_THRESHOLDS, PCKResult, evaluate_pck_sequences, format_pck_csv, format_pck_markdown
+from .pck import (
+    BADJA_ALPHA,
+    BADJA_EVAL_SIZE,
+    PCK_THRESHOLDS,
+    PCKResult,
+    badja_correct,
+    evaluate_pck_sequences,
+    format_pck_csv,
+    format_pck_markdown,
+    mask_area,
+)
 
 DATASETS = ("jhmdb", "badja", "folder")
 VARIANTS = ("reference", "gt-visibility")
+#: Scoring protocols: ``jhmdb`` = PCK@0.1..0.5 of 0.6 x the GT keypoint box diagonal (CRW/Waldmann);
+#: ``badja`` = PCK with threshold 0.2 x sqrt(area of the GT mask) (BADJA; the PIPs evaluation).
+PROTOCOLS = ("jhmdb", "badja")
 
 
 # ----------------------------------------------------------------------------- data
@@ -104,6 +117,7 @@ class PoseVideo:
     frames: list[Path]
     gt: KeypointSequence
     frame_size: tuple[int, int] = field(default=(0, 0))   # (W, H), read from the first frame when 0
+    masks: dict[int, Path] = field(default_factory=dict)  # frame index -> GT segmentation (BADJA protocol)
 
     def __post_init__(self) -> None:
         if self.frame_size == (0, 0):
@@ -251,7 +265,8 @@ def badja_videos(root: str | os.PathLike, split: str | os.PathLike | None = None
             ids.append(index[p.name])
         s = ann.keypoints
         gt = KeypointSequence(s.names, ids, s.xy, s.visible, s.confidence, s.skeleton)
-        videos.append(PoseVideo(name, frames, gt, ann.frame_size))
+        masks = {i: p for i, p in zip(ids, ann.segmentation_paths) if str(p) not in ("", ".")}
+        videos.append(PoseVideo(name, frames, gt, ann.frame_size, masks))
     return videos
 
 
@@ -357,6 +372,94 @@ def score_pose(videos: Sequence[tuple[str, KeypointSequence, KeypointSequence, t
     return results, rows
 
 
+def read_foreground_mask(path: str | os.PathLike) -> np.ndarray:
+    """``[H, W]`` bool foreground of a GT segmentation image: any non-zero label (palette index, grey value
+    or RGB colour), i.e. every annotated object counts as the animal."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            a = np.asarray(im)
+    except FileNotFoundError:
+        raise InputError(f"segmentation mask not found: {path} (the BADJA protocol needs the GT masks the "
+                         f"annotations reference; use --protocol jhmdb without them)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise InputError(f"cannot read segmentation mask {path}: {e}") from None
+    if a.ndim == 3:
+        a = a[..., :3].max(axis=2)
+    return a > 0
+
+
+def badja_areas(video: PoseVideo, frames: Sequence[int], eval_size: tuple[int, int] | None = BADJA_EVAL_SIZE
+                ) -> np.ndarray:
+    """Mask area of each frame in ``frames`` (video frame indices), in pixels of ``eval_size`` ``(W, H)``
+    (``None``: the video's frame size; a mask of another size, e.g. full-resolution masks with 480p frames,
+    is resized to it with nearest neighbour first)."""
+    size = tuple(eval_size) if eval_size is not None else tuple(video.frame_size)
+    out = []
+    for f in frames:
+        if f not in video.masks:
+            raise InputError(f"video {video.name}: annotated frame {f} has no segmentation mask (the BADJA "
+                             f"protocol needs one per annotated frame; use --protocol jhmdb without them)")
+        out.append(mask_area(read_foreground_mask(video.masks[f]), size))
+    return np.asarray(out, dtype=np.float64)
+
+
+def score_badja(videos: Sequence[tuple[str, KeypointSequence, KeypointSequence, tuple[int, int], Sequence[float]]],
+                eval_size: tuple[int, int] | None = BADJA_EVAL_SIZE, alpha: float = BADJA_ALPHA
+                ) -> tuple[dict[str, PCKResult], list[dict]]:
+    """BADJA PCK of ``(name, gt, pred, (W, H), areas)`` per video, as the PIPs BADJA evaluation.
+
+    ``gt`` is restricted to frames from the labelled frame on (the labelled frame first; it is not scored);
+    ``areas``: the GT mask area of each GT frame in ``eval_size`` pixels (:func:`badja_areas`). Every
+    GT-visible joint on a later annotated frame is scored: correct when its prediction lies within
+    ``alpha * sqrt(area)`` (strict) after scaling frame pixels to ``eval_size``; a joint predicted
+    invisible is a miss. Per video: ``100 * correct / scored``; overall (``pck``): the **mean over videos**
+    (PIPs averages its per-video numbers); the pooled value and per-joint PCKs are in ``extra`` /
+    ``per_joint``.
+    """
+    if not videos:
+        raise InputError("no video to score")
+    rows, per_video, pooled_c, pooled_n = [], [], 0, 0
+    names0 = videos[0][1].names
+    same = all(v[1].names == names0 for v in videos)
+    jc = np.zeros(len(names0))
+    jn = np.zeros(len(names0))
+    for name, gt, pred, (w, h), areas in videos:
+        pred = _aligned(gt, pred, name)
+        xy = np.full(gt.xy.shape, np.nan)
+        pos = {f: t for t, f in enumerate(pred.frames)}
+        for t, f in enumerate(gt.frames):
+            if f in pos:
+                xy[t] = np.where(pred.visible[pos[f]][:, None], pred.xy[pos[f]], np.nan)
+        scale = (1.0, 1.0) if eval_size is None else (eval_size[0] / w, eval_size[1] / h)
+        areas = np.asarray(areas, dtype=np.float64)
+        if areas.shape != (gt.num_frames,):
+            raise InputError(f"video {name}: {areas.size} mask areas for {gt.num_frames} annotated frames")
+        correct, scored = badja_correct(gt.xy[1:], xy[1:], gt.visible[1:], areas[1:], scale=scale, alpha=alpha)
+        c, n = int(correct.sum()), int(scored.sum())
+        pooled_c, pooled_n = pooled_c + c, pooled_n + n
+        if same:
+            jc += correct.sum(axis=0)
+            jn += scored.sum(axis=0)
+        v = 100.0 * c / n if n else math.nan
+        if n:
+            per_video.append(v)
+        rows.append({"video": name, "frames": gt.num_frames, "scored": n,
+                     f"badja PCK@{alpha:g}": None if not n else float(v)})
+    overall = float(np.mean(per_video)) if per_video else math.nan
+    per_joint = np.full((len(names0), 1), np.nan)
+    ok = jn > 0
+    per_joint[ok, 0] = 100.0 * jc[ok] / jn[ok]
+    res = PCKResult((float(alpha),), np.array([overall]), per_joint, jn.astype(np.int64), list(names0), "gt",
+                    len(videos), extra={"protocol": "badja", "threshold": f"{alpha:g} * sqrt(GT mask area)",
+                                        "eval_size": None if eval_size is None else list(eval_size),
+                                        "aggregation": "mean over videos of the per-video PCK",
+                                        "pooled_pck": None if not pooled_n else 100.0 * pooled_c / pooled_n,
+                                        "scored": pooled_n, "videos_scored": len(per_video)})
+    return {"badja": res}, rows
+
+
 def _versions() -> dict[str, str]:
     import torch
 
@@ -368,7 +471,7 @@ def _versions() -> dict[str, str]:
 
 def _comparable(protocol: dict[str, Any]) -> dict[str, Any]:
     """The part of a protocol that changes predictions: no versions, weights reduced to their identity."""
-    out = {k: v for k, v in protocol.items() if k != "versions"}
+    out = {k: v for k, v in protocol.items() if k not in ("versions", "scoring")}   # scoring reuses predictions
     w = out.get("weights")
     if isinstance(w, dict):
         out["weights"] = {k: w[k] for k in ("kind", "seed", "sha256") if k in w}
@@ -391,8 +494,14 @@ def _load_prediction(path: Path, gt: KeypointSequence) -> KeypointSequence | Non
 def evaluate_pose(videos: Sequence[PoseVideo], propagator, out_dir: str | os.PathLike, *,
                   dataset: dict[str, Any] | None = None, max_frames: int | None = None, force: bool = False,
                   progress: bool = True, log: Callable[[str], None] | None = None,
-                  weights_record: dict[str, Any] | None = None) -> PoseEvalResult:
+                  weights_record: dict[str, Any] | None = None, protocol: str = "jhmdb",
+                  badja_size: tuple[int, int] | None = BADJA_EVAL_SIZE) -> PoseEvalResult:
     """Propagate every video (reusing finished prediction files) and write the result files into ``out_dir``.
+
+    ``protocol``: ``jhmdb`` (PCK@0.1..0.5 of the keypoint-box diagonal, both variants) or ``badja``
+    (:func:`score_badja`: 0.2 x sqrt(GT mask area), masks measured at ``badja_size`` ``(W, H)``, default
+    the PIPs evaluation's 512x320; ``None`` = the frames' pixels). The scoring protocol is recorded under
+    ``scoring`` in ``protocol.json``; changing it reuses the prediction files.
 
     ``propagator``: a :class:`~vlprop.tasks.pose.KeypointPropagator`; ``dataset``: description recorded in the
     protocol; ``max_frames``: propagate at most this many frames per video from the labelled frame (quick
@@ -409,23 +518,35 @@ def evaluate_pose(videos: Sequence[PoseVideo], propagator, out_dir: str | os.Pat
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} exists and is not a folder")
-    protocol = {"task": "keypoint propagation + PCK", "dataset": dict(dataset or {}), "max_frames": max_frames,
-                "thresholds": list(PCK_THRESHOLDS), **propagator.protocol()}
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown keypoint protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
+    scoring: dict[str, Any] = {"protocol": protocol}
+    if protocol == "badja":
+        scoring.update(threshold=f"{BADJA_ALPHA:g} * sqrt(GT mask area)",
+                       eval_size=None if badja_size is None else [int(badja_size[0]), int(badja_size[1])],
+                       aggregation="mean over videos")
+        # every scored frame needs its mask: fail before propagating anything
+        clips = {v.name: v.clip(max_frames) for v in videos}
+        areas = {v.name: badja_areas(v, clips[v.name][2].frames, badja_size) for v in videos}
+    else:
+        scoring.update(thresholds=list(PCK_THRESHOLDS), reference_size="0.6 * GT keypoint box diagonal")
+    record = {"task": "keypoint propagation + PCK", "dataset": dict(dataset or {}), "max_frames": max_frames,
+                    "scoring": scoring, **propagator.protocol()}
     if weights_record is not None:
-        protocol["weights"] = dict(weights_record)
+        record["weights"] = dict(weights_record)
     proto_path = out / "protocol.json"
     if proto_path.is_file() and not force:
         try:
             old = json.loads(proto_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             old = None
-        if not isinstance(old, dict) or _comparable(old) != _comparable(json.loads(json.dumps(protocol))):
+        if not isinstance(old, dict) or _comparable(old) != _comparable(json.loads(json.dumps(record))):
             raise InputError(f"{out} holds results of a different protocol ({proto_path}); choose another --out "
                              f"or pass --force to recompute")
     if force:   # no stale prediction of another protocol may survive an interrupted forced run
         for video in videos:
             prediction_path(out, video.name).unlink(missing_ok=True)
-    atomic_write_text(proto_path, json.dumps({**protocol, "versions": _versions()}, indent=1) + "\n")
+    atomic_write_text(proto_path, json.dumps({**record, "versions": _versions()}, indent=1) + "\n")
     t0 = time.perf_counter()
     scored, computed, reused = [], 0, 0
     bar = tqdm(videos, unit="video", desc="eval pose", disable=not progress)
@@ -445,8 +566,11 @@ def evaluate_pose(videos: Sequence[PoseVideo], propagator, out_dir: str | os.Pat
             reused += 1
         scored.append((video.name, gt, pred, video.frame_size))
     bar.close()
-    results, rows = score_pose(scored)
-    res = PoseEvalResult(results, rows, {**protocol, "versions": _versions()}, time.perf_counter() - t0,
+    if scoring["protocol"] == "badja":
+        results, rows = score_badja([(*v, areas[v[0]]) for v in scored], badja_size)
+    else:
+        results, rows = score_pose(scored)
+    res = PoseEvalResult(results, rows, {**record, "versions": _versions()}, time.perf_counter() - t0,
                          computed, reused)
     write_pose_results(out, res)
     if log is not None:
@@ -466,6 +590,17 @@ def _per_video_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _protocol_note(scoring: dict[str, Any]) -> str:
+    if scoring.get("protocol") == "badja":
+        size = scoring.get("eval_size")
+        where = f"{size[0]}x{size[1]} evaluation pixels (PIPs)" if size else "frame pixels"
+        return ("BADJA protocol: a GT-visible joint on an annotated frame after the labelled one is correct within "
+                f"0.2 * sqrt(area of the GT mask), measured in {where}; a joint predicted invisible is a miss; "
+                "`PCK@0.2` = mean over videos of the per-video PCK (compare: PIPs 64.4, FGVC 69.7, RAFT 45.6).")
+    return ("JHMDB protocol: `reference` = CRW/Waldmann PCK (0.6 x GT keypoint-box diagonal, visibility from the "
+            "predictions), `gt-visibility` = every GT-visible joint inside the frame counts; c1/c2 = coverage (%).")
+
+
 def write_pose_results(out_dir: str | os.PathLike, res: PoseEvalResult) -> dict[str, Path]:
     """``pck.csv``, ``pck.md``, ``pck.json`` and ``per_video.csv`` in ``out_dir`` (each written atomically)."""
     out = Path(out_dir)
@@ -482,8 +617,7 @@ def write_pose_results(out_dir: str | os.PathLike, res: PoseEvalResult) -> dict[
             f"tracking: {'on' if p.get('track') else 'off'}"
             + (f" (crop {p.get('crop_size')}, padding {p.get('crop_padding')})" if p.get("track") else "")
             + (f", max frames {p['max_frames']}" if p.get("max_frames") else "") + "\n\n"
-            "`reference` = CRW/Waldmann PCK (visibility from the predictions), `gt-visibility` = every GT-visible "
-            "joint inside the frame counts; c1/c2 = coverage (%).\n\n")
+            + _protocol_note(p.get("scoring", {})) + "\n\n")
     atomic_write_text(paths["markdown"], head + format_pck_markdown(res.results, per_joint=True))
     doc = {"protocol": p, "results": {k: r.as_dict() for k, r in res.results.items()}, "videos": res.per_video,
            "seconds": res.seconds}

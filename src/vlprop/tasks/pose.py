@@ -69,6 +69,9 @@ class KeypointFrame:
     ``box`` / ``crop``: tracker box ``(x, y, w, h)`` and crop window of this frame (``track=True`` only).
     ``labels``: the propagated label maps ``[C, h, w]`` on this frame's (crop's) feature grid.
     ``image``: the RGB frame ``[H, W, 3]`` uint8 (for overlays).
+    ``estimate``: ``[K, 2]`` the decoded position of every keypoint whose channel still carries mass, also
+    where it is reported invisible (``vanish``) -- a position guess for point-tracking metrics that score
+    positions regardless of the occlusion prediction (TAP-Vid δ_avg); NaN where nothing is left to decode.
     """
 
     index: int
@@ -82,6 +85,7 @@ class KeypointFrame:
     crop: CropWindow | None = None
     labels: torch.Tensor | None = None
     image: np.ndarray | None = None
+    estimate: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -430,7 +434,7 @@ class KeypointPropagator:
         vis = state["visible0"]
         xy = np.where(vis[:, None], st.xy, np.nan)
         return KeypointFrame(fr.index, fr.name, xy, vis.copy(), vis.astype(np.float64), annotated=True, box=b,
-                             crop=win, labels=labels, image=fr.image if keep_images else None)
+                             crop=win, labels=labels, image=fr.image if keep_images else None, estimate=xy.copy())
 
     def _joint_mass(self, labels: torch.Tensor) -> np.ndarray:
         m = labels[1:] if self.codec.has_background else labels
@@ -442,10 +446,11 @@ class KeypointPropagator:
         mass = self._joint_mass(labels)
         vis = state["visible0"] & dec.visible & (mass >= self.vanish * state["mass0"]) & (mass > 0)
         xy = dec.xy if win is None else win.from_crop(dec.xy)
+        estimate = np.where((state["visible0"] & dec.visible)[:, None], xy, np.nan)
         xy = np.where(vis[:, None], xy, np.nan)
         conf = np.where(vis, dec.confidence, 0.0)
         return KeypointFrame(fr.index, fr.name, xy, vis, conf, box=b, crop=win, labels=labels,
-                             image=fr.image if keep_images else None)
+                             image=fr.image if keep_images else None, estimate=estimate)
 
     # ------------------------------------------------------------------ helpers
     def propagate_sequence(self, source: Any, keypoints: Any, *, start: int | str | None = None,
