@@ -3,6 +3,7 @@
 * :mod:`.propagate` — ``propagate`` (masks), ``presets``, ``demo``; :mod:`.keypoints` — ``propagate --keypoints``
 * :mod:`.eval` — ``eval vos | score | pose``
 * :mod:`.train` — ``train``, ``export``
+* :mod:`.annotate` — ``export-masks``, ``report``
 * :mod:`.options` — the shared model arguments (``--preset --backbone --weights ...``) and ``--set`` parsing
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import sys
 
 from vlprop import __version__
+from vlprop.cli import annotate as annotate_cli
 from vlprop.cli import eval as eval_cli
 from vlprop.cli import propagate as propagate_cli
 from vlprop.cli import train as train_cli
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     propagate_cli.add_commands(sub)
     eval_cli.add_commands(sub)
     train_cli.add_commands(sub)
+    annotate_cli.add_commands(sub)
     return ap
 
 
