@@ -50,7 +50,7 @@ def run_sequence(prop, root: Path, seq: str, max_frames: int | None):
     images = []
     for f in frames:
         with Image.open(f) as img:
-            images.append(np.asarray(img.convert("RGB")))
+            images.append(np.array(img.convert("RGB")))
     for r in prop.run(images, masks={0: gts[0]}):
         conf = tracker.update(r.index, frames[r.index].stem, r.mask, r.probs, r.object_ids, r.annotated)
         if r.index == 0:
