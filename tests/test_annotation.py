@@ -172,3 +172,26 @@ def test_session_errors_name_the_problem():
         sess.add_mask(0, masks[0]) or list(sess.propagate("sideways"))
     with pytest.raises(InputError, match="but the frame is"):
         sess.add_mask(1, masks[0][:8])
+
+
+def test_an_error_mid_propagation_leaves_the_session_resumable():
+    class FailsOnce(PanningFeatures):
+        failed = False
+
+        def extract_batch(self, frames):
+            if not self.failed and any(int(f[0, 0, 0]) == 5 for f in frames):
+                FailsOnce.failed = True
+                raise OSError("disk hiccup")
+            return super().extract_batch(frames)
+
+    frames, masks = panning_video()
+    ref = _session(frames)
+    ref.add_mask(0, masks[0])
+    expected = [r for r in ref.propagate("forward")]
+    sess = AnnotationSession(frames, Propagator(preset="crw", extractor=FailsOnce()))
+    sess.add_mask(0, masks[0])
+    with pytest.raises(OSError):
+        list(sess.propagate("forward"))
+    got = list(sess.propagate("forward"))
+    for a, b in zip(got, expected):
+        assert np.array_equal(a.mask, b.mask) and torch.equal(a.probs, b.probs)

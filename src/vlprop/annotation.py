@@ -294,18 +294,31 @@ class _Pass:
         return [(self._live_uid[id(g)], frozenset(g.active)) for g in self._live], list(self._all_ids)
 
     def step(self) -> PassResult:
-        """Process ``order[done]`` and return its result."""
+        """Process ``order[done]`` and return its result (on an error the pass is left as it was before)."""
         if not self._engines_valid:
             self._rebuild()
+        snap = self._state()
+        try:
+            res = self._step()
+        except BaseException:
+            self._resume, self._all_ids = (snap[0], list(snap[1])), list(snap[1])
+            for rec in self._records.values():  # forget pushes of the failed frame
+                rec.pushed.pop(self.order[self.done], None)
+            for uid in [u for u, r in self._records.items() if r.start == self.order[self.done]]:
+                del self._records[uid]
+            self._engines_valid = False
+            raise
+        self._snapshots.append(snap)
+        self.results.append(res)
+        return res
+
+    def _step(self) -> PassResult:
         t = self.order[self.done]
         s = self.s
-        self._snapshots.append(self._state())
         ann = s._annotations.get(t)
         name = s.names[t]
         if not self._live and (ann is None or not s._ids_in(ann)):
-            res = PassResult(FrameResult(t, name, np.zeros(s.size, np.uint8), None, []), {}, [])
-            self.results.append(res)
-            return res
+            return PassResult(FrameResult(t, name, np.zeros(s.size, np.uint8), None, []), {}, [])
         f = s.features[t]
         geometry = s.geometry(f)
         cfg = s.preset
@@ -350,7 +363,6 @@ class _Pass:
             mask = s._decode(probs, list(self._all_ids), geometry, ann, ann_ids)
             res = PassResult(FrameResult(t, name, mask, probs, list(self._all_ids), annotated=ann is not None),
                              anchors, ann_ids)
-        self.results.append(res)
         return res
 
     def _push(self, g: _Group, t: int, f: torch.Tensor, p: torch.Tensor) -> None:
