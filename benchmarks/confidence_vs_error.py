@@ -105,18 +105,18 @@ def main(argv=None) -> int:
         rows, dt = run_sequence(prop, root, seq, args.max_frames)
         all_rows += rows
         lines.append(summarise(rows, seq))
-        print(f"{seq}: {len(rows) + 1} frames in {dt:.0f} s", flush=True)
+        print(f"{seq}: {len(rows) + 1} frames in {dt:.0f} s   {lines[-1]}", flush=True)
+        if args.csv:  # rewritten after every sequence, so an interrupted run keeps what it measured
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(all_rows[0]))
+                w.writeheader()
+                w.writerows(all_rows)
     print("\nSpearman correlation of per-frame J with each score (positive: low score = low J)\n")
     print("| sequence | frames | mean J | confidence | sharpness | stability | 10% least confident in 10% worst J |")
     print("|---|---|---|---|---|---|---|")
     for line in lines:
         print(line)
     print(summarise(all_rows, "**all (pooled)**"))
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-            w.writeheader()
-            w.writerows(all_rows)
     return 0
 
 

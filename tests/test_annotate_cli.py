@@ -86,3 +86,25 @@ def test_propagate_rejects_an_unknown_direction(frames_dir, tmp_path, capsys):
         main(["propagate", str(root), "--mask", str(root.parent / "last.png"), "--direction", "up",
               "--out", str(tmp_path / "x")])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_propagate_both_ways_from_two_labelled_frames(frames_dir, tmp_path):
+    root, vid = frames_dir
+    ann = tmp_path / "ann"
+    write_mask(ann / "00000.png", vid.masks[0])
+    write_mask(ann / "00004.png", vid.masks[4])
+    out = tmp_path / "run"
+    assert main(["propagate", str(root), "--annotations", str(ann), "--direction", "both", "--out", str(out),
+                 "--preset", "crw", "--weights", "random", "--quiet"]) == 0
+    for t in (0, 4):
+        assert np.array_equal(read_mask(out / f"{t:05d}.png"), vid.masks[t])
+    from vlprop import AnnotationSession, Propagator
+
+    sess = AnnotationSession(root, Propagator(preset="crw", weights="random", seed=0))
+    sess.add_mask(0, vid.masks[0])
+    sess.add_mask(4, vid.masks[4])
+    for r in sess.propagate("both"):  # the CLI writes exactly the session's merged result
+        assert np.array_equal(read_mask(out / f"{r.index:05d}.png"), r.mask)
+    rows = read_confidence_csv(out / "confidence.csv")
+    assert [r["annotated"] for r in rows] == [True, False, False, False, True]
+    assert json.loads((out / "protocol.json").read_text())["direction"] == "both"
