@@ -195,3 +195,20 @@ def test_an_error_mid_propagation_leaves_the_session_resumable():
     got = list(sess.propagate("forward"))
     for a, b in zip(got, expected):
         assert np.array_equal(a.mask, b.mask) and torch.equal(a.probs, b.probs)
+
+
+def test_disk_cache_is_bounded_and_removes_only_its_own_folders(tmp_path):
+    frames, masks = panning_video(T=4)
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "x.txt").write_text("mine")
+    sizes = []
+    for seed in (0, 1, 2):
+        prop = Propagator(preset="crw", extractor=PanningFeatures(seed=seed))
+        prop.extractor.cache_id = f"panning-{seed}"
+        sess = AnnotationSession(frames, prop, cache_dir=tmp_path, max_disk_bytes=1)
+        sess.add_mask(0, masks[0])
+        sess.masks()
+        sizes.append(sorted(p.name for p in tmp_path.iterdir()))
+    assert all(len(s) == 2 and "notes" in s for s in sizes)  # the newest key folder + the user's folder
+    assert (keep / "x.txt").read_text() == "mine"

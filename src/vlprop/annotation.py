@@ -189,7 +189,9 @@ class FeatureCache:
 
     def _trim_disk(self) -> None:
         root = self.dir.parent
-        folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        # only folders this cache made (a 24-hex-digit key holding .pt files) are ever removed
+        folders = sorted((p for p in root.iterdir() if p.is_dir() and _is_key(p.name)
+                          and all(f.suffix == ".pt" for f in p.iterdir())), key=lambda p: p.stat().st_mtime)
         sizes = {p: sum(f.stat().st_size for f in p.glob("*.pt")) for p in folders}
         total = sum(sizes.values())
         for p in folders:
@@ -199,6 +201,10 @@ class FeatureCache:
                 continue
             shutil.rmtree(p, ignore_errors=True)
             total -= sizes[p]
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 24 and all(c in "0123456789abcdef" for c in name)
 
 
 def feature_cache_key(source: FrameSource, prop: Propagator) -> str:
@@ -394,6 +400,9 @@ class AnnotationSession:
         max_memory_bytes: bound the features kept in memory (``None``: all frames). Evicted frames are re-read
             from ``cache_dir``, or recomputed (bit-identically, in the same aligned blocks).
         max_disk_bytes: bound the whole ``cache_dir`` (other videos' folders removed, oldest first).
+
+    Frames of a video file or an array are decoded once and held in memory (about 1.2 MB per 480p frame);
+    frame folders are read on demand.
     """
 
     def __init__(self, source: Any, propagator: Propagator | None = None, *, cache_dir: str | Path | None = None,
