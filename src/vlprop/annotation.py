@@ -30,7 +30,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ import torch
 from .errors import InputError
 from .geometry import GridGeometry
 from .io.files import atomic_path
-from .io.video import ArraySource, FrameSource, ImageFolderSource, VideoFileSource, open_frames
+from .io.video import FrameSource, ImageFolderSource, VideoFileSource, open_frames
 from .labels.masks import decode_probs, encode_mask, probs_to_mask
 from .propagation.engine import PropagationEngine
 from .session import FrameResult, Propagator, _Group, _merge
