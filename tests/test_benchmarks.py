@@ -59,3 +59,13 @@ def test_dense_workspace_benchmark_compares_equal_outputs(capsys):
         (row,) = _rows(out, grid)
         assert float(row[1]) == pytest.approx(50 * cells * 4 / 2**20, abs=0.5)  # chunk MB of the tiling
         assert float(row[9]) == 0.0  # both ways compute the same top-k values
+
+
+def test_confidence_benchmark_ranks_a_perfect_predictor_at_plus_one():
+    mod = _load("confidence_vs_error")
+    rows = [{"J": j, "confidence": c, "sharpness": c, "stability": 1 - c}
+            for j, c in zip([0.9, 0.2, 0.5, 0.7, 0.1, 0.95, 0.3, 0.6, 0.8, 0.4], [9, 2, 5, 7, 1, 10, 3, 6, 8, 4])]
+    (row,) = _rows(mod.summarise(rows, "s"), "s")
+    assert row[1] == "10" and row[2] == "0.545"
+    assert row[3:6] == ["+1.000", "+1.000", "-1.000"]
+    assert row[6] == "1/1"  # the least confident frame is the worst

@@ -4,6 +4,7 @@
 * :mod:`.eval` — ``eval vos | score | pose | points``
 * :mod:`.train` — ``train``, ``export``
 * :mod:`.zero_shot` — ``init-mask``, ``segment``, ``eval zero-shot`` (no label: zero-shot VOS)
+* :mod:`.annotate` — ``export-masks``, ``report``
 * :mod:`.options` — the shared model arguments (``--preset --backbone --weights ...``) and ``--set`` parsing
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import sys
 
 from vlprop import __version__
+from vlprop.cli import annotate as annotate_cli
 from vlprop.cli import eval as eval_cli
 from vlprop.cli import propagate as propagate_cli
 from vlprop.cli import train as train_cli
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_commands(sub)
     train_cli.add_commands(sub)
     zero_shot_cli.add_commands(sub)
+    annotate_cli.add_commands(sub)
     return ap
 
 

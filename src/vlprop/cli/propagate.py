@@ -40,13 +40,20 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     masks = {args.mask_frame: args.mask} if args.mask else None
     prop = model_spec_from_args(args).build(void=None if args.no_void else args.void)
     probs_dir = out / "probs" if args.save_probs else None
+    from vlprop.annotation import propagate_video
+    from vlprop.labels.confidence import ConfidenceTracker
+
+    direction = getattr(args, "direction", "forward")
+    tracker, confidence = ConfidenceTracker(), []
     t0 = time.perf_counter()
     n = 0
     # the overlay is written to a temporary file and renamed when complete; an error discards it
     with (VideoWriter(args.overlay, fps=args.fps) if args.overlay else contextlib.nullcontext()) as writer, \
             tqdm(total=len(src), unit="frame", desc="propagating", disable=args.quiet) as bar:
-        for r in prop.run(src, masks=masks, annotations=args.annotations):
+        for r in propagate_video(prop, src, masks=masks, annotations=args.annotations, direction=direction,
+                                 max_memory_bytes=FEATURE_MEMORY_BYTES):
             write_mask(out / f"{r.name}.png", r.mask)
+            confidence += tracker.update(r.index, r.name, r.mask, r.probs, r.object_ids, r.annotated)
             if probs_dir is not None and r.probs is not None:
                 with atomic_path(probs_dir / f"{r.name}.npz") as tmp:
                     np.savez_compressed(tmp, probs=r.probs.numpy().astype(np.float16),
@@ -56,10 +63,54 @@ def cmd_propagate(args: argparse.Namespace) -> int:
             n += 1
             bar.update(1)
     dt = time.perf_counter() - t0
+    _write_run_records(args, out, prop, src, confidence, n, dt)
     print(f"wrote {n} masks to {out} ({dt:.1f} s, {n / max(dt, 1e-9):.2f} frames/s)")
     if args.overlay:
         print(f"overlay video: {args.overlay}")
     return 0
+
+
+# frames/features held by --direction backward|both (evicted features are recomputed, bit-identically)
+FEATURE_MEMORY_BYTES = 1 << 30
+
+
+def _write_run_records(args, out: Path, prop, src, confidence: list, n: int, seconds: float) -> None:
+    """``confidence.csv``, ``protocol.json`` (model, preset, settings) and the ``--review-below`` list."""
+    import dataclasses
+    import platform
+
+    import vlprop
+    from vlprop.io.files import atomic_write_text
+    from vlprop.io.report import write_confidence_csv
+    from vlprop.labels.confidence import frames_to_review
+
+    write_confidence_csv(out / "confidence.csv", [c.row() for c in confidence])
+    spec = model_spec_from_args(args)
+    source = args.source if not isinstance(args.source, (str, Path)) else str(Path(args.source).resolve())
+    protocol = {
+        "tool": "vlprop propagate", "command": list(sys.argv), "vlprop_version": vlprop.__version__,
+        "python_version": platform.python_version(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": source, "frames": n, "frame_size": list(src.size) if src.size else None,
+        "labels": {"mask": str(Path(args.mask).resolve()) if args.mask else None, "mask_frame": args.mask_frame,
+                   "annotations": str(Path(args.annotations).resolve()) if args.annotations else None},
+        "direction": getattr(args, "direction", "forward"),
+        "void": None if args.no_void else args.void,
+        "preset": {"name": prop.preset.name, "settings": dataclasses.asdict(prop.preset)},
+        "backbone": prop.backbone, "weights": spec.weights_record(),
+        "model_args": {"preset": args.preset, "backbone": args.backbone, "weights": args.weights,
+                       "layer": args.layer, "stride": args.stride, "input_scale": args.input_scale,
+                       "short_side": args.short_side, "device": args.device, "seed": args.seed,
+                       "compat": args.compat, "set": dict(spec.overrides)},
+        "wall_time_s": round(seconds, 3),
+    }
+    atomic_write_text(out / "protocol.json", json.dumps(protocol, indent=2, default=str))
+    below = getattr(args, "review_below", None)
+    if below is not None:
+        review = frames_to_review(confidence, below)
+        print(f"frames to review (an object's confidence < {below:g}): {len(review)} of {n}")
+        for t, name, low in review:
+            objs = ", ".join(f"object {c.object_id}: {c.confidence:.3f}" for c in low)
+            print(f"  frame {t} ({name}): {objs}")
 
 
 # --------------------------------------------------------------------------- presets
@@ -154,6 +205,11 @@ def add_commands(sub) -> None:
     p.add_argument("--fps", type=float, default=24.0, help="overlay frame rate (default 24)")
     p.add_argument("--save-probs", action="store_true", help="save grid-resolution probabilities as "
                                                              "probs/<frame>.npz (float16)")
+    p.add_argument("--direction", choices=("forward", "backward", "both"), default="forward",
+                   help="forward (default, streaming), backward from the labelled frame(s) towards frame 0, or both "
+                        "(each object on each frame from the direction whose label of it is nearer; ties: forward)")
+    p.add_argument("--review-below", type=float, metavar="X", help="print the frames where an object's confidence "
+                   "(confidence.csv) is below X, lowest first")
     p.add_argument("--void", type=int, default=255, help="mask value treated as void/unknown (default 255)")
     p.add_argument("--no-void", action="store_true", help="treat every non-zero value as an object id")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
