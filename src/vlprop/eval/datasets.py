@@ -81,7 +81,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
         return Image.open(path)
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read {what} {path}: {exc}") from None
 
 
@@ -190,9 +190,12 @@ class VOSSequence:
 
     def read_frame(self, t: int) -> np.ndarray:
         """Frame t as RGB uint8 ``[H, W, 3]``."""
+        from vlprop.io.video import image_to_rgb
+
         with _open_image(self.frames[t], "frame") as img:
             try:
-                return np.array(img.convert("RGB"))
+                img.load()
+                return image_to_rgb(img, f"frame {self.frames[t]}")  # 16-bit frames scaled, not clipped
             except OSError as exc:
                 raise InputError(f"cannot decode frame {self.frames[t]}: {exc}") from None
 
