@@ -147,3 +147,355 @@ def test_D2_api_names_the_python_argument(tmp_path):
     ds = _davis2016(tmp_path / "DAVIS", {"cat": 3})
     with pytest.raises(InputError, match=r"^out_dir .* the input root"):
         evaluate_vos("davis2016", ds, ds / "JPEGImages", ModelSpec(weights="random"), split="val", quiet=True)
+
+
+# --------------------------------------------------------------------------- D3, D10, D16: the overlay video
+def _propagate(root: Path, *extra) -> list:
+    return ["propagate", root / "frames", "--mask", root / "mask.png", "--out", root / "masks", *FAST, *extra]
+
+
+def _make_video(path: Path, n: int = 4) -> Path:
+    from vlprop.io.render import VideoWriter
+
+    with VideoWriter(path, fps=10) as w:
+        for t in range(n):
+            w.write(_frame(t))
+    return path
+
+
+def test_D3_overlay_equal_to_the_source_video_is_refused_even_with_force(clip, capsys):
+    video = _make_video(clip / "clip.mp4")
+    before = md5(video)
+    for extra in ([], ["--force"]):
+        fails(capsys, ["propagate", video, "--mask", clip / "mask.png", "--out", clip / "masks", *FAST,
+                       "--overlay", video, *extra], "--overlay", "clip.mp4")
+    assert md5(video) == before and not (clip / "masks").exists()
+
+
+def test_D3_an_existing_overlay_file_is_kept_unless_force(clip, capsys):
+    precious = clip / "precious.mp4"
+    precious.write_bytes(b"not yours")
+    fails(capsys, _propagate(clip, "--overlay", precious), "--overlay", "already exists", "--force")
+    assert precious.read_bytes() == b"not yours" and not (clip / "masks").exists()
+    assert main([str(a) for a in _propagate(clip, "--overlay", precious, "--force")]) == 0
+    assert precious.read_bytes() != b"not yours"
+
+
+def test_D3_out_or_overlay_inside_an_input_is_refused(clip, capsys):
+    before = snapshot(clip / "frames")
+    fails(capsys, ["propagate", clip / "frames", "--mask", clip / "mask.png", "--out", clip / "frames", *FAST,
+                   "--force"], "--out", "is the input SOURCE")
+    fails(capsys, ["propagate", clip / "frames", "--mask", clip / "mask.png", "--out", clip / "frames" / "m", *FAST],
+          "--out", "lies inside the input SOURCE")
+    fails(capsys, _propagate(clip, "--overlay", clip / "frames" / "ov.mp4"), "--overlay", "lies inside the input")
+    fails(capsys, ["propagate", clip / "frames", "--mask", clip / "mask.png", "--out", clip, *FAST, "--force"],
+          "--out", "contains the input")
+    assert snapshot(clip / "frames") == before
+
+
+def test_D10_overlay_has_the_users_permissions_and_no_temp_file_survives(clip):
+    old = os.umask(0o022)
+    try:
+        assert main([str(a) for a in _propagate(clip, "--overlay", clip / "ov.mp4")]) == 0
+    finally:
+        os.umask(old)
+    assert (clip / "ov.mp4").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in clip.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("name,needle", [("ov.txt", "suffix '.txt'"), ("odir", "is a folder")])
+def test_D10_unusable_overlay_path_fails_before_any_mask_and_leaves_no_temp(clip, capsys, name, needle):
+    (clip / "odir").mkdir()
+    fails(capsys, _propagate(clip, "--overlay", clip / name), "--overlay", needle)
+    assert not (clip / "masks").exists()
+    assert [p.name for p in clip.iterdir() if p.name.startswith(".")] == []
+
+
+def test_D10_video_writer_removes_its_temp_file_when_opening_fails(tmp_path, monkeypatch):
+    import av
+
+    from vlprop.io.render import VideoWriter
+
+    def broken(*a, **k):
+        raise RuntimeError("codec exploded")
+
+    monkeypatch.setattr(av, "open", broken)
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "v.mp4") as w:
+            w.write(_frame(0))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fps", ["0", "-5", "nan", "inf", "1e9"])
+def test_D16_fps_out_of_range_is_refused_with_the_range(clip, capsys, fps):
+    fails(capsys, _propagate(clip, "--overlay", clip / "ov.mp4", "--fps", fps), "--fps", "(0, 1000]")
+    assert not (clip / "masks").exists()
+
+
+def test_D16_fractional_fps_is_kept_exactly(tmp_path):
+    import av
+
+    from vlprop.io.render import VideoWriter
+
+    with VideoWriter(tmp_path / "v.mp4", fps=29.97) as w:
+        for t in range(3):
+            w.write(_frame(t))
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        assert float(c.streams.video[0].average_rate) == pytest.approx(29.97)
+
+
+def test_D16_fps_api_names_the_python_argument(tmp_path):
+    from vlprop.io.render import VideoWriter
+
+    with pytest.raises(InputError, match=r"^fps must be"):
+        VideoWriter(tmp_path / "v.mp4", fps=0)
+
+
+# --------------------------------------------------------------------------- D4: frame references
+def test_D4_a_digit_only_frame_name_is_taken_as_a_name(tmp_path, capsys):
+    make_frames(tmp_path / "frames", ["0001", "0002", "0003", "0004", "0005"])
+    mask = _square(2)
+    write_mask(tmp_path / "mask0003.png", mask)
+    assert main([str(a) for a in ["propagate", tmp_path / "frames", "--mask", tmp_path / "mask0003.png",
+                                  "--mask-frame", "0003", "--out", tmp_path / "masks", *FAST]]) == 0
+    assert np.array_equal(read_mask(tmp_path / "masks" / "0003.png"), mask)
+    assert not read_mask(tmp_path / "masks" / "0002.png").any()  # frames before the label are empty
+
+
+def test_D4_a_name_that_is_no_index_of_the_video_is_a_name(tmp_path):
+    from vlprop.io.video import resolve_frame
+
+    assert resolve_frame("20", ["10", "20", "30"]) == 1
+    assert resolve_frame("3", ["a", "b", "c", "d"]) == 3
+    assert resolve_frame(1, ["10", "20", "30"]) == 1
+
+
+def test_D4_an_ambiguous_frame_reference_is_refused_and_can_be_forced(tmp_path, capsys):
+    make_frames(tmp_path / "frames", ["1", "2", "3", "4"])
+    write_mask(tmp_path / "mask.png", _square(1))
+    line = fails(capsys, ["propagate", tmp_path / "frames", "--mask", tmp_path / "mask.png", "--mask-frame", "2",
+                          "--out", tmp_path / "masks", *FAST], "--mask-frame '2' is ambiguous", "name:2", "index:2")
+    assert "masks key" not in line
+    assert main([str(a) for a in ["propagate", tmp_path / "frames", "--mask", tmp_path / "mask.png",
+                                  "--mask-frame", "name:2", "--out", tmp_path / "masks", *FAST]]) == 0
+    assert np.array_equal(read_mask(tmp_path / "masks" / "2.png"), _square(1))
+
+
+def test_D4_keypoints_frame_takes_a_digit_only_frame_name(tmp_path):
+    from vlprop.io.keypoints import KeypointSequence
+    from vlprop.tasks.pose import KeypointPropagator
+
+    names = ["0001", "0002", "0003", "0004"]
+    make_frames(tmp_path / "frames", names)
+    xy = np.array([[[20.0, 20.0], [30.0, 25.0]]] * 2)
+    seq = KeypointSequence(["a", "b"], ["0002", "0003"], xy, np.ones((2, 2), bool), np.ones((2, 2)))
+    prop = KeypointPropagator("waldmann-jhmdb", weights="random", input_scale=1.0)
+    results = list(prop.run(tmp_path / "frames", seq, start="0003"))
+    assert [r.propagated for r in results] == [False, False, True, True]
+
+
+# --------------------------------------------------------------------------- D5, D12: labels
+def test_D5_a_mask_without_object_ids_is_a_clear_error(clip, capsys):
+    write_mask(clip / "zero.png", np.zeros((H, W), np.uint8))
+    fails(capsys, ["propagate", clip / "frames", "--mask", clip / "zero.png", "--out", clip / "masks", *FAST],
+          "zero.png", "contains no object ids")
+    assert not (clip / "masks").exists()
+
+
+def test_D5_a_void_only_mask_is_a_clear_error_on_the_api_path(clip):
+    from vlprop.session import Propagator
+
+    prop = Propagator(preset="crw", weights="random")
+    with pytest.raises(InputError, match=r"frame 0 \(the given array\) contains no object ids \(only 0/void 255\)"):
+        prop.run(clip / "frames", masks={0: np.full((H, W), 255, np.uint8)})
+
+
+def test_D5_an_empty_annotation_before_the_first_object_is_harmless(clip):
+    write_mask(clip / "ann" / "00000.png", np.zeros((H, W), np.uint8))
+    write_mask(clip / "ann" / "00002.png", _square(2))
+    assert main([str(a) for a in ["propagate", clip / "frames", "--annotations", clip / "ann", "--out",
+                                  clip / "masks", *FAST]]) == 0
+    assert not read_mask(clip / "masks" / "00001.png").any()
+    assert read_mask(clip / "masks" / "00003.png").any()
+
+
+def test_D12_misnamed_annotation_pngs_are_refused_by_name(clip, capsys):
+    write_mask(clip / "ann" / "00000.png", _square(0, 1))
+    write_mask(clip / "ann" / "0002.png", _square(2, 2))
+    fails(capsys, ["propagate", clip / "frames", "--annotations", clip / "ann", "--out", clip / "masks", *FAST],
+          "0002.png", "not named after a frame")
+    assert not (clip / "masks").exists()
+
+
+# --------------------------------------------------------------------------- D13, D14: frames
+def test_D13_a_decompression_bomb_frame_is_a_clear_error(clip, capsys):
+    Image.new("1", (20000, 10000)).save(clip / "frames" / "00002.png")
+    fails(capsys, _propagate(clip), "00002.png", "cannot read frame 2")
+
+
+def test_D13_a_decompression_bomb_mask_is_a_clear_error(clip, capsys):
+    Image.new("1", (20000, 10000)).save(clip / "bomb.png")
+    fails(capsys, ["propagate", clip / "frames", "--mask", clip / "bomb.png", "--out", clip / "masks", *FAST],
+          "bomb.png", "cannot read mask")
+
+
+def test_D14_16_bit_frames_are_scaled_not_clipped(tmp_path):
+    from vlprop.io.video import ImageFolderSource
+
+    ramp = (np.arange(W, dtype=np.uint16)[None, :].repeat(H, 0) * 1000)
+    (tmp_path / "f").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "f" / "a.png")
+    with Image.open(tmp_path / "f" / "a.png") as im:
+        assert im.mode.startswith("I")
+    img = next(iter(ImageFolderSource(tmp_path / "f"))).image
+    assert np.array_equal(img[..., 0], (ramp >> 8).astype(np.uint8))
+    assert (img == 255).mean() < 0.01
+
+
+# --------------------------------------------------------------------------- D8: devices
+@pytest.mark.parametrize("device,needle", [("cuda", "CUDA is not available"), ("mps", "mps requested"),
+                                           ("banana", "invalid --device")])
+def test_D8_an_unavailable_device_is_a_clear_error(clip, capsys, device, needle):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    fails(capsys, _propagate(clip, "--device", device), needle)
+    fails(capsys, ["demo", "--out", clip / "demo", "--frames", "2", "--weights", "random", "--quiet",
+                   "--device", device], needle)
+    ds = _davis2016(clip / "DS", {"cat": 3})
+    fails(capsys, ["eval", "vos", "--dataset", "davis2016", "--root", ds, "--out", clip / "vos", *FAST,
+                   "--device", device], needle)
+    assert not (clip / "masks").exists() and not (clip / "demo").exists()
+
+
+def test_D8_api_names_the_device_argument():
+    from vlprop.session import Propagator
+
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InputError, match=r"^device cuda requested"):
+        Propagator(preset="crw", weights="random", device="cuda")
+
+
+# --------------------------------------------------------------------------- D6: --set values
+@pytest.mark.parametrize("item,needle", [
+    ("topk=abc", "topk must be an integer, got 'abc'"),
+    ("topk=2.5", "topk must be an integer, got '2.5'"),
+    ("downsample=foo", "downsample must be one of area, bilinear, nearest"),
+    ("feature_norm=maybe", "feature_norm must be true or false"),
+    ("temperature=nan", "temperature must be a number"),
+    ("topk=-1", "topk must be >= 0"),
+    ("nosuch=1", "unknown setting 'nosuch'"),
+])
+def test_D6_set_values_are_type_and_range_checked_before_any_output(clip, capsys, item, needle):
+    fails(capsys, _propagate(clip, "--set", item), needle)
+    assert not (clip / "masks").exists()
+
+
+@pytest.mark.parametrize("item,needle", [("decoder=nope", "decoder must be one of"), ("sigma=0", "sigma must be > 0"),
+                                         ("kernel=box", "kernel must be one of")])
+def test_D6_keypoint_settings_are_validated(tmp_path, item, needle):
+    from vlprop.cli.options import parse_sets
+    from vlprop.config import get_preset
+
+    with pytest.raises(InputError, match=needle):
+        get_preset("waldmann-jhmdb", **parse_sets([item]))
+
+
+def test_D6_api_overrides_are_type_checked_too():
+    from vlprop.config import PropagationConfig, get_preset
+
+    with pytest.raises(InputError, match=r"topk must be an integer, got 2\.5"):
+        get_preset("crw", topk=2.5)
+    with pytest.raises(InputError, match="feature_norm must be true or false"):
+        PropagationConfig(feature_norm="maybe")
+    assert get_preset("crw", topk="7", feature_norm="false").propagation.topk == 7
+
+
+# --------------------------------------------------------------------------- D7: OS errors on outputs
+@pytest.mark.parametrize("where", ["proc", "file"])
+def test_D7_an_unusable_out_folder_is_one_line_naming_it(clip, capsys, where):
+    (clip / "afile.txt").write_text("x")
+    out = "/proc/vlprop-x" if where == "proc" else clip / "afile.txt" / "sub"
+    fails(capsys, ["propagate", clip / "frames", "--mask", clip / "mask.png", "--out", out, *FAST], str(out))
+    assert (clip / "afile.txt").read_text() == "x"
+
+
+def test_D7_eval_score_checks_out_before_scoring(tmp_path, capsys, monkeypatch):
+    import vlprop.eval.score as score
+
+    ds = _davis2016(tmp_path / "DS", {"cat": 3})
+    (tmp_path / "afile.txt").write_text("x")
+    monkeypatch.setattr(score, "score_sequences", lambda *a, **k: pytest.fail("scored before checking --out"))
+    fails(capsys, ["eval", "score", "--pred", ds / "Annotations" / "480p", "--gt", ds, "--out",
+                   tmp_path / "afile.txt"], "--out", "afile.txt", "not a folder")
+    fails(capsys, ["eval", "score", "--pred", ds / "Annotations" / "480p", "--gt", ds, "--out",
+                   ds / "Annotations" / "480p" / "cat"], "--out", "input --gt")
+
+
+# --------------------------------------------------------------------------- D9: --force and incomplete sets
+def test_D9_force_removes_the_masks_vlprop_wrote_before_and_keeps_user_files(tmp_path, capsys):
+    make_frames(tmp_path / "big", 6, w=96, h=64)
+    write_mask(tmp_path / "big.png", _square(0, 1, 96, 64))
+    make_frames(tmp_path / "small", 3)
+    write_mask(tmp_path / "small.png", _square(0))
+    out = tmp_path / "masks"
+    assert main([str(a) for a in ["propagate", tmp_path / "big", "--mask", tmp_path / "big.png", "--out", out,
+                                  *FAST, "--save-probs"]]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main([str(a) for a in ["propagate", tmp_path / "small", "--mask", tmp_path / "small.png", "--out", out,
+                                  *FAST, "--force"]]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+    assert not (out / "probs").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    manifest = json.loads((out / ".vlprop-complete.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["files"]) == 3
+    assert not (out / ".vlprop-incomplete.json").exists()
+
+
+def test_D9_a_run_stopped_by_a_bad_frame_leaves_an_incomplete_marker(clip, capsys):
+    Image.new("RGB", (32, 32)).save(clip / "frames" / "00002.png")  # a frame of another size
+    fails(capsys, _propagate(clip), "00002.png")
+    marker = json.loads((clip / "masks" / ".vlprop-incomplete.json").read_text())
+    assert marker["status"] == "incomplete" and "00003.png" in marker["files"]
+    assert not (clip / "masks" / ".vlprop-complete.json").exists()
+    fails(capsys, _propagate(clip), "incomplete result set", "--force")
+    make_frames(clip / "frames", 4)  # repaired
+    assert main([str(a) for a in _propagate(clip, "--force")]) == 0
+    assert not (clip / "masks" / ".vlprop-incomplete.json").exists()
+    assert len(list((clip / "masks").glob("*.png"))) == 4
+
+
+def test_D9_a_tampered_marker_cannot_delete_outside_out(clip):
+    out = clip / "masks"
+    out.mkdir()
+    (clip / "victim.txt").write_text("x")
+    (out / ".vlprop-complete.json").write_text(json.dumps({"files": ["../victim.txt", "/etc/hostname"]}))
+    assert main([str(a) for a in _propagate(clip, "--force")]) == 0
+    assert (clip / "victim.txt").read_text() == "x"
+
+
+# --------------------------------------------------------------------------- D11: SIGTERM
+def test_D11_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_file(tmp_path):
+    make_frames(tmp_path / "frames", 40, w=128, h=96)
+    write_mask(tmp_path / "mask.png", _square(0, 1, 128, 96))
+    out = tmp_path / "masks"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "vlprop", "propagate", str(tmp_path / "frames"), "--mask",
+                             str(tmp_path / "mask.png"), "--out", str(out), "--overlay", str(out / "overlay.mp4"),
+                             "--weights", "random", "--preset", "crw", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("00001.png")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143, err
+    assert "vlprop: terminated" in err and "Traceback" not in err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".") and "overlay" in p.name] == []
+    assert (out / ".vlprop-incomplete.json").exists() and not (out / "overlay.mp4").exists()

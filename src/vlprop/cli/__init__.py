@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "correspondence.")
     ap.add_argument("--version", action="version", version=f"vlprop {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     propagate_cli.add_commands(sub)
     eval_cli.add_commands(sub)
     train_cli.add_commands(sub)

@@ -22,11 +22,13 @@ def add_commands(sub) -> None:
     """
     from vlprop.eval.runner import DATASETS
 
-    p = sub.add_parser("eval", help="evaluate on a VOS benchmark (vos) or score saved predictions (score)",
+    p = sub.add_parser("eval", help="evaluate on a VOS benchmark (vos), on keypoint datasets (pose), or score saved "
+                                    "predictions (score)",
                        description="Benchmark evaluation: `vlprop eval vos` propagates a dataset's labels, writes "
-                                   "the submission PNGs and scores them; `vlprop eval score` scores a folder of "
-                                   "predictions like the official DAVIS script.")
-    esub = p.add_subparsers(dest="eval_command", required=True)
+                                   "the submission PNGs and scores them; `vlprop eval pose` propagates keypoints "
+                                   "and scores PCK; `vlprop eval score` scores a folder of predictions like the "
+                                   "official DAVIS script.")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{vos,pose,score}")
 
     v = esub.add_parser(
         "vos", help="propagate every sequence of a VOS dataset, write <out>/<seq>/<frame>.png and score them",

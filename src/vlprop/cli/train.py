@@ -30,11 +30,20 @@ def add_commands(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from vlprop.io.paths import check_new_file, refuse_overlap
     from vlprop.train.checkpoint import export_model
 
-    meta = json.loads(args.meta) if args.meta else None
+    try:
+        meta = json.loads(args.meta) if args.meta else None
+    except ValueError as exc:
+        raise InputError(f"--meta is not valid JSON ({exc}); expected an object, e.g. "
+                         "'{\"davis2016_val_dev_JF\": 0.61}'") from None
     if meta is not None and not isinstance(meta, dict):
         raise InputError("--meta expects a JSON object, e.g. '{\"davis2016_val_dev_JF\": 0.61}'")
+    # the export never replaces its own source (a checkpoint, or a file inside the run folder) nor, without
+    # --force, any existing file
+    refuse_overlap({"--out": args.out}, {"SOURCE": args.source})
+    check_new_file(args.out, args.force, "--out")
     path = export_model(args.source, args.out, half=not args.fp32, meta=meta)
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB, {'float32' if args.fp32 else 'float16'}); use it with --weights {path}")
@@ -50,6 +59,7 @@ def add_export_command(sub) -> None:
     p.add_argument("--out", required=True, help="output model file (.pt), written atomically")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (twice the size)")
     p.add_argument("--meta", default=None, help="JSON object of extra metadata to record (metrics, data, command)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_export)
 
 

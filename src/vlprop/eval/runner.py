@@ -638,8 +638,8 @@ def evaluate_vos(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLi
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError.about("out_dir", "--out", lambda a: f"cannot create {a} {out}: "
-                                                                 f"{exc.strerror or exc}") from None
+            reason = exc.strerror or str(exc)
+            raise InputError.about("out_dir", "--out", lambda a: f"cannot create {a} {out}: {reason}") from None
         markers = {s.name: _read_marker(out, s.name) for s in seqs}
         stale = [(n, m) for n, m in markers.items() if m is not None and m.get("settings_hash") != digest]
         if stale and not force:
