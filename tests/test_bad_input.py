@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from vlprop.cli import main
-from vlprop.errors import InputError
+from vlprop.errors import CheckpointError, InputError
 from vlprop.io.masks import read_mask, write_mask
 
 W, H = 64, 48
@@ -499,3 +499,131 @@ def test_D11_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_file(tmp_path):
     assert "vlprop: terminated" in err and "Traceback" not in err
     assert [p.name for p in out.iterdir() if p.name.startswith(".") and "overlay" in p.name] == []
     assert (out / ".vlprop-incomplete.json").exists() and not (out / "overlay.mp4").exists()
+
+
+# --------------------------------------------------------------------------- D15: small tracebacks
+@pytest.mark.parametrize("frames", ["0", "1", "-3"])
+def test_D15_demo_with_too_few_frames_is_a_clear_error_before_writing(tmp_path, capsys, frames):
+    fails(capsys, ["demo", "--out", tmp_path / "demo", "--frames", frames, "--weights", "random", "--quiet"],
+          "--frames must be between 2 and 1000")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_D15_export_meta_that_is_not_json_is_a_clear_error(tmp_path, capsys):
+    fails(capsys, ["export", tmp_path / "run", "--out", tmp_path / "m.pt", "--meta", "{bad"], "--meta",
+          "not valid JSON")
+
+
+def test_D15_export_never_replaces_its_source_or_an_existing_file(tmp_path, capsys):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"checkpoint")
+    fails(capsys, ["export", ckpt, "--out", ckpt, "--force"], "--out", "is the input SOURCE")
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"keep")
+    fails(capsys, ["export", ckpt, "--out", other], "--out", "already exists", "--force")
+    assert ckpt.read_bytes() == b"checkpoint" and other.read_bytes() == b"keep"
+
+
+def test_D15_presets_into_a_closed_pipe_exits_quietly():
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.run(f"{sys.executable} -m vlprop presets | head -2", shell=True, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- D17: pickled code in checkpoints
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_D17_a_checkpoint_with_pickled_code_gets_the_intended_message(clip, capsys):
+    import torch
+
+    evil = clip / "evil.pt"
+    torch.save({"state_dict": {}, "payload": _Evil()}, evil)
+    line = fails(capsys, _propagate(clip, "--weights", evil), "evil.pt", "pickled Python objects",
+                 "not plain tensors")
+    assert "weights_only" not in line and "allow_pickle" not in line and "Re-running" not in line
+    line = fails(capsys, ["export", evil, "--out", clip / "m.pt"], "evil.pt", "pickled Python objects")
+    assert "Re-running" not in line and "weights_only" not in line
+    assert not (clip / "masks").exists() and not (clip / "m.pt").exists()
+
+
+# --------------------------------------------------------------------------- D18: CLI wording, help
+def test_D18_unknown_checkpoint_layout_names_no_python_argument_on_the_cli(clip, capsys):
+    import torch
+
+    odd = clip / "odd.pt"
+    torch.save({"state_dict": {"foo.bar": torch.zeros(2)}}, odd)
+    line = fails(capsys, _propagate(clip, "--weights", odd), "odd.pt", "cannot tell the checkpoint layout")
+    assert "pass weights_format=" not in line
+    from vlprop.backbones.weights import open_checkpoint
+
+    with pytest.raises(CheckpointError, match="pass weights_format="):
+        open_checkpoint(odd)
+
+
+def test_D18_arch_mismatch_names_the_backbone_flag(clip, capsys):
+    from vlprop.backbones import create_backbone
+    from vlprop.backbones.weights import save_checkpoint
+
+    save_checkpoint(clip / "r50.pt", create_backbone("resnet50", weights=None, layer="res3"))
+    line = fails(capsys, _propagate(clip, "--weights", clip / "r50.pt", "--backbone", "resnet18"),
+                 "--backbone resnet50")
+    assert "create_backbone" not in line
+
+
+def test_D18_eval_score_hint_names_the_sequences_flag(tmp_path, capsys):
+    ds = _davis2016(tmp_path / "DS", {"cat": 3, "dog": 3})
+    pred = tmp_path / "pred"
+    (pred / "cat").mkdir(parents=True)
+    line = fails(capsys, ["eval", "score", "--pred", pred, "--gt", ds], "dog", "--sequences")
+    assert "`sequences`" not in line
+
+
+def test_D18_eval_without_a_subcommand_lists_them_and_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval"])
+    assert e.value.code == 2 and "{vos,pose,score}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "(pose)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--frames", "--preset", "--weights", "--device", "--seed", "--force", "--quiet"):
+        after = text.split(flag, 2)[-1].strip()
+        assert not after.startswith("--") and not after.startswith("["), flag  # a help text follows the flag
+    with pytest.raises(SystemExit):
+        main(["presets", "--help"])
+    assert "as JSON" in capsys.readouterr().out
+
+
+def test_D18_a_huge_keypoint_coordinate_is_printed_short(tmp_path):
+    from vlprop.tasks.pose import KeypointPropagator
+
+    make_frames(tmp_path / "frames", 3)
+    prop = KeypointPropagator("waldmann-jhmdb", weights="random", input_scale=1.0)
+    with pytest.raises(InputError) as e:
+        list(prop.run(tmp_path / "frames", np.array([[1e308, 5.0], [10.0, 10.0]])))
+    assert "1e+308" in str(e.value) and len(str(e.value)) < 300
+
+
+# --------------------------------------------------------------------------- the same rules on the other commands
+def test_pose_video_names_from_a_list_file_stay_inside_out(tmp_path):
+    from vlprop.eval.pose import prediction_path
+
+    assert prediction_path(tmp_path, "catch/video_1") == tmp_path / "predictions" / "catch" / "video_1.json"
+    for bad in ("../victim", "a/../../b", "/abs"):
+        with pytest.raises(InputError, match="not a plain name|empty"):
+            prediction_path(tmp_path, bad)
+
+
+def test_a_training_run_folder_inside_the_training_data_is_refused(tmp_path, capsys):
+    data = make_frames(tmp_path / "data" / "seq", 3).parent
+    before = snapshot(data)
+    fails(capsys, ["train", "dul", "--data", data, "--out", data / "run", "--iters", "1"], "--out",
+          "lies inside the input --data")
+    assert snapshot(data) == before

@@ -167,7 +167,15 @@ def cmd_eval_pose(args) -> int:
     from vlprop.eval.pck import format_pck_markdown
     from vlprop.eval.pose import evaluate_pose, read_pose_dataset
 
+    from vlprop.eval.pose import prediction_path
+    from vlprop.io.paths import refuse_overlap
+
     videos = read_pose_dataset(args.dataset, args.root, args.split, args.split_num)
+    # the predictions and tables never go into the dataset (its frames and ground-truth keypoints), and a
+    # video name from a list file never leads outside --out: both checked before the first video runs
+    refuse_overlap({"--out": args.out}, {"--root": args.root})
+    for v in videos:
+        prediction_path(args.out, v.name)
     prop = propagator_from_args(args, outside="invisible")
     record = model_spec_from_args(args).weights_record()
     dataset = {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,11 @@ def guard_outputs(out: str | None, overlay: str | None, force: bool, inputs: dic
     if out is not None:
         if Path(out).exists() and not Path(out).is_dir():
             raise InputError(f"--out {out} exists and is not a folder")
-        check_writable_parent(Path(out) / "x", "--out")
+        if Path(out).is_dir():
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise InputError(f"cannot write in --out {out}: permission denied")
+        else:
+            check_writable_parent(out, "--out")
     if overlay is not None:
         check_video_path(overlay, ("overlay", "--overlay"))
         check_new_file(overlay, force, "--overlay")

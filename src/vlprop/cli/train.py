@@ -13,8 +13,17 @@ from vlprop.errors import InputError
 from vlprop.train.trainer import METHODS, TrainConfig, config_from_namespace, run_training
 
 
+def _guard_run_folder(cfg: TrainConfig) -> None:
+    """The run folder (checkpoints, logs) must not be, contain or lie inside the training data."""
+    from vlprop.io.paths import refuse_overlap
+
+    data = cfg.data if isinstance(cfg.data, str) else None
+    refuse_overlap({"--out": cfg.out or None}, {"--data": data or None})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, resume = config_from_namespace(vars(args))
+    _guard_run_folder(cfg)
     return run_training(cfg, resume)
 
 
@@ -134,4 +143,5 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``python -m vlprop.train <method> ...`` / ``torchrun -m vlprop.train ...`` entry point."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     cfg, resume = config_from_namespace(vars(args))
+    _guard_run_folder(cfg)
     return run_training(cfg, resume)
