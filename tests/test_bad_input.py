@@ -23,6 +23,9 @@ from vlprop.cli import main
 from vlprop.errors import CheckpointError, InputError
 from vlprop.io.masks import read_mask, write_mask
 
+import vlprop
+
+SRC = str(Path(vlprop.__file__).resolve().parents[1])  # subprocesses run the code under test
 W, H = 64, 48
 FAST = ["--weights", "random", "--quiet", "--preset", "crw"]
 
@@ -294,6 +297,21 @@ def test_D4_keypoints_frame_takes_a_digit_only_frame_name(tmp_path):
     assert [r.propagated for r in results] == [False, False, True, True]
 
 
+def test_D4_keypoints_frame_on_the_cli_takes_a_digit_only_frame_name(tmp_path, capsys):
+    make_frames(tmp_path / "frames", ["0001", "0002", "0003", "0004"])
+    kp = {"format": "vlprop-keypoints", "version": 1, "names": ["a", "b"],
+          "frames": [{"frame": "0002", "keypoints": [[20, 20, 1, 1], [30, 25, 1, 1]]},
+                     {"frame": "0003", "keypoints": [[22, 20, 1, 1], [32, 25, 1, 1]]}]}
+    (tmp_path / "kp.json").write_text(json.dumps(kp))
+    assert main([str(a) for a in ["propagate", tmp_path / "frames", "--keypoints", tmp_path / "kp.json",
+                                  "--keypoints-frame", "0003", "--out", tmp_path / "poses", "--weights", "random",
+                                  "--quiet", "--set", "input_scale=1"]]) == 0
+    out = json.loads((tmp_path / "poses" / "keypoints.json").read_text())
+    first = [f for f in out["frames"] if any(k[2] for k in f["keypoints"])][0]
+    assert first["frame"] in (2, "0003")
+    assert first["keypoints"][0][:2] == [22, 20]
+
+
 # --------------------------------------------------------------------------- D5, D12: labels
 def test_D5_a_mask_without_object_ids_is_a_clear_error(clip, capsys):
     write_mask(clip / "zero.png", np.zeros((H, W), np.uint8))
@@ -483,7 +501,7 @@ def test_D11_sigterm_is_handled_like_ctrl_c_and_leaves_no_temp_file(tmp_path):
     make_frames(tmp_path / "frames", 40, w=128, h=96)
     write_mask(tmp_path / "mask.png", _square(0, 1, 128, 96))
     out = tmp_path / "masks"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.Popen([sys.executable, "-m", "vlprop", "propagate", str(tmp_path / "frames"), "--mask",
                              str(tmp_path / "mask.png"), "--out", str(out), "--overlay", str(out / "overlay.mp4"),
                              "--weights", "random", "--preset", "crw", "--quiet"],
@@ -525,7 +543,7 @@ def test_D15_export_never_replaces_its_source_or_an_existing_file(tmp_path, caps
 
 
 def test_D15_presets_into_a_closed_pipe_exits_quietly():
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.run(f"{sys.executable} -m vlprop presets | head -2", shell=True, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.count("\n") == 2
@@ -627,3 +645,12 @@ def test_a_training_run_folder_inside_the_training_data_is_refused(tmp_path, cap
     fails(capsys, ["train", "dul", "--data", data, "--out", data / "run", "--iters", "1"], "--out",
           "lies inside the input --data")
     assert snapshot(data) == before
+
+
+def test_set_input_scale_and_the_input_scale_flag_do_not_collide():
+    from vlprop.model import ModelSpec
+
+    both = ModelSpec(weights="random", input_scale=2.0, overrides=(("input_scale", 1.0), ("short_side", 64)))
+    assert both.resolve().preset.features.input_scale == 2.0
+    only_set = ModelSpec(weights="random", overrides=(("input_scale", 1.5),))
+    assert only_set.resolve().preset.features.input_scale == 1.5
