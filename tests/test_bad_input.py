@@ -433,6 +433,15 @@ def test_D6_api_overrides_are_type_checked_too():
     assert get_preset("crw", topk="7", feature_norm="false").propagation.topk == 7
 
 
+@pytest.mark.parametrize("args,needle", [(["--void", "300"], "--void must be a mask value 0..255"),
+                                         (["--stride", "0"], "--stride must be an integer >= 1"),
+                                         (["--input-scale", "nan"], "--input-scale must be a factor in (0, 16]"),
+                                         (["--short-side", "-4"], "--short-side must be a positive number")])
+def test_other_option_values_are_range_checked_before_any_output(clip, capsys, args, needle):
+    fails(capsys, _propagate(clip, *args), needle)
+    assert not (clip / "masks").exists()
+
+
 # --------------------------------------------------------------------------- D7: OS errors on outputs
 @pytest.mark.parametrize("where", ["proc", "file"])
 def test_D7_an_unusable_out_folder_is_one_line_naming_it(clip, capsys, where):

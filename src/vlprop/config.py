@@ -165,9 +165,12 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        if self.stride < 1 or not self.input_scale > 0 or (self.short_side is not None and self.short_side < 1):
-            raise InputError(f"stride must be >= 1, input_scale > 0 and short_side >= 1 (or None); got stride "
-                             f"{self.stride}, input_scale {self.input_scale}, short_side {self.short_side}")
+        if self.stride < 1:
+            raise InputError(f"stride must be an integer >= 1, got {self.stride}")
+        if not self.input_scale > 0:
+            raise InputError(f"input_scale must be a positive number, got {self.input_scale}")
+        if self.short_side is not None and self.short_side < 1:
+            raise InputError(f"short_side must be a positive number of pixels (or none), got {self.short_side}")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,14 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
     overrides = parse_sets(getattr(args, "set", None))
     check_device(getattr(args, "device", "cpu"))  # before any work, not deep inside torch
+    # checked here because 0 would otherwise read as "not given" and silently take the preset's value
+    for flag, value, ok, rule in (("--stride", getattr(args, "stride", None), lambda v: v >= 1, "an integer >= 1"),
+                                  ("--input-scale", getattr(args, "input_scale", None), lambda v: 0 < v <= 16,
+                                   "a factor in (0, 16]"),
+                                  ("--short-side", getattr(args, "short_side", None), lambda v: v >= 1,
+                                   "a positive number of pixels")):
+        if value is not None and not ok(value):
+            raise InputError(f"{flag} must be {rule}, got {value}")
     return ModelSpec(preset=getattr(args, "preset", None), backbone=getattr(args, "backbone", None),
                      weights=getattr(args, "weights", "default"), layer=getattr(args, "layer", None),
                      stride=getattr(args, "stride", None), input_scale=getattr(args, "input_scale", None),

@@ -39,6 +39,8 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         args.preset = "dul"
     if args.overlay:
         check_fps(args.fps)
+    if not 0 <= args.void <= 255:
+        raise InputError(f"--void must be a mask value 0..255, got {args.void}")
     src = open_frames(args.source)
     out = Path(args.out)
     guard_outputs(args.out, args.overlay, args.force,
