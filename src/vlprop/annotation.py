@@ -615,10 +615,10 @@ def propagate_video(prop: Propagator, source: Any, masks: Mapping | None = None,
     """Propagate labelled frames through a video ``forward``, ``backward`` or ``both`` ways; yields every frame's
     :class:`FrameResult` in frame order (the CLI's ``--direction``). ``forward`` streams (:meth:`Propagator.run`);
     the others hold the frames and features in an :class:`AnnotationSession` (``max_memory_bytes`` bounds the
-    features kept; evicted ones are recomputed)."""
+    features kept; evicted ones are recomputed). The labels are checked when this is called, before the first
+    frame is computed, so a bad label fails before anything is written."""
     if direction == "forward":
-        yield from prop.run(source, masks=masks, annotations=annotations)
-        return
+        return prop.run(source, masks=masks, annotations=annotations)
     if direction not in DIRECTIONS:
         raise InputError(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     src = open_frames(source)
@@ -626,6 +626,10 @@ def propagate_video(prop: Propagator, source: Any, masks: Mapping | None = None,
     sess = AnnotationSession(src, prop, max_memory_bytes=max_memory_bytes)
     for t, m in given.items():
         sess.add_mask(t, m)
+    return _session_results(sess, direction)
+
+
+def _session_results(sess: "AnnotationSession", direction: str) -> Iterator[FrameResult]:
     results = sess.propagate(direction)
     if direction == "backward":
         results = reversed(list(results))  # results are small (masks + grid probabilities); frames in order

@@ -22,6 +22,10 @@ NORMALIZERS = ("softmax", "exp", "sum")
 NORM_STAGES = ("topk", "after-restriction", "before-restriction")
 WINDOWS = ("none", "square", "disk")
 LABEL_NORMS = ("none", "channel-minmax", "pixel-minmax")
+LABEL_DOWNSAMPLES = ("area", "bilinear", "nearest")
+KEYPOINT_KERNELS = ("gaussian", "cauchy")
+KEYPOINT_BACKGROUNDS = ("binary", "complement", "none")
+KEYPOINT_DECODERS = ("argmax", "topk", "cog", "parabolic", "gaussian", "fit", "upsample", "moments")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class PropagationConfig:
     compat_softmax_zeros: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         _check_choice("normalizer", self.normalizer, NORMALIZERS)
         _check_choice("norm_stage", self.norm_stage, NORM_STAGES)
@@ -109,6 +114,10 @@ class LabelConfig:
     downsample: str = "area"
     output_minmax: bool = False
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_choice("downsample", self.downsample, LABEL_DOWNSAMPLES)
+
 
 @dataclass(frozen=True)
 class KeypointConfig:
@@ -127,6 +136,19 @@ class KeypointConfig:
     decode_k: int = 5
     crw_compat: bool = False
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_choice("kernel", self.kernel, KEYPOINT_KERNELS)
+        _check_choice("background", self.background, KEYPOINT_BACKGROUNDS)
+        if not (self.decoder in KEYPOINT_DECODERS or (self.decoder.startswith("cog") and self.decoder[3:].isdigit()
+                                                      and int(self.decoder[3:]) % 2 == 1)):
+            raise InputError(f"decoder must be one of {', '.join(KEYPOINT_DECODERS)} or cogN with an odd N (cog3, "
+                             f"cog5, ...); got {self.decoder!r}")
+        if not self.sigma > 0:
+            raise InputError(f"sigma must be > 0 (grid cells), got {self.sigma}")
+        if self.decode_k < 1:
+            raise InputError(f"decode_k must be >= 1, got {self.decode_k}")
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -144,6 +166,15 @@ class FeatureConfig:
     short_side: int | None = None
     reference_backbone: str = ""
     backbone: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.stride < 1:
+            raise InputError(f"stride must be an integer >= 1, got {self.stride}")
+        if not self.input_scale > 0:
+            raise InputError(f"input_scale must be a positive number, got {self.input_scale}")
+        if self.short_side is not None and self.short_side < 1:
+            raise InputError(f"short_side must be a positive number of pixels (or none), got {self.short_side}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +203,8 @@ class Preset:
         for key, value in overrides.items():
             if value is None:
                 continue
+            if key in _FIELD_TYPES:
+                value = coerce_setting(key, value)
             if key in names["propagation"]:
                 prop_kw[key] = value
             elif key in names["labels"]:
@@ -198,6 +231,93 @@ class Preset:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _field_types() -> dict[str, tuple[str, ...]]:
+    """Setting name -> the type names its annotation allows (``("int", "None")``), for every config class."""
+    out: dict[str, tuple[str, ...]] = {}
+    for cls in (PropagationConfig, LabelConfig, KeypointConfig, FeatureConfig):
+        for f in fields(cls):
+            out[f.name] = tuple(t.strip() for t in str(f.type).split("|"))
+    return out
+
+
+_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def coerce_setting(key: str, value: Any) -> Any:
+    """``value`` as the type of setting ``key`` (a field of the config classes), or :class:`InputError`.
+
+    Text (``--set topk=5``) is parsed: ints, finite numbers, ``true/false/yes/no/1/0``, ``none`` where the
+    setting may be unset. Python values must already have the type (an int is a valid float; a float with
+    a fractional part is not a valid int; a bool is not a number). Ranges and choices are checked by the
+    config classes themselves.
+    """
+    import math
+
+    allowed = _FIELD_TYPES.get(key)
+    if allowed is None:
+        raise InputError(f"unknown setting {key!r}; known settings: {', '.join(sorted(_FIELD_TYPES))}")
+    kind = " or ".join(_KIND[t] for t in allowed if t in _KIND) + (" or none" if "None" in allowed else "")
+
+    def bad() -> InputError:
+        return InputError(f"{key} must be {kind}, got {value!r}")
+
+    if isinstance(value, str):
+        text = value.strip()
+        if "None" in allowed and text.lower() in ("none", "null", ""):
+            return None
+        if "bool" in allowed:
+            low = text.lower()
+            if low in ("true", "yes", "on", "1"):
+                return True
+            if low in ("false", "no", "off", "0"):
+                return False
+            raise bad()
+        if "int" in allowed:
+            try:
+                return int(text)
+            except ValueError:
+                raise bad() from None
+        if "float" in allowed:
+            try:
+                number = float(text)
+            except ValueError:
+                raise bad() from None
+            if not math.isfinite(number):
+                raise bad()
+            return number
+        return text
+    if value is None and "None" in allowed:
+        return None
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        if "bool" in allowed:
+            return bool(value)
+        raise bad()
+    if "int" in allowed and isinstance(value, (int, float)) and float(value).is_integer():
+        return int(value)
+    if "float" in allowed and isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    raise bad()
+
+
+def _check_types(obj: Any) -> None:
+    """Raise :class:`InputError` for a config field whose value does not have the field's type (so a wrong
+    type fails here, with the setting's name, not as a ``TypeError`` deep inside torch)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        allowed = _FIELD_TYPES.get(f.name, ())
+        ok = (value is None and "None" in allowed) \
+            or (isinstance(value, bool) and "bool" in allowed) \
+            or (isinstance(value, int) and not isinstance(value, bool) and ("int" in allowed or "float" in allowed)) \
+            or (isinstance(value, float) and "float" in allowed) \
+            or (isinstance(value, str) and "str" in allowed)
+        if not ok and allowed:
+            kind = " or ".join(_KIND[t] for t in allowed if t in _KIND) + (" or none" if "None" in allowed else "")
+            raise InputError(f"{f.name} must be {kind}, got {value!r}")
+
+
+_FIELD_TYPES: dict[str, tuple[str, ...]] = _field_types()
 
 
 PRESETS: dict[str, Preset] = {}

@@ -252,9 +252,14 @@ class ModelSpec:
             raise InputError(f"backbone {backbone!r} supports output strides {', '.join(map(str, strides))}, "
                              f"not {stride} (--stride)")
 
-        input_scale = self.input_scale if self.input_scale is not None else (nm.input_scale if nm else None)
+        # --set input_scale=/short_side= are the same settings as --input-scale/--short-side (the flag wins)
+        input_scale = self.input_scale if self.input_scale is not None else overrides.pop("input_scale", None)
+        input_scale = input_scale if input_scale is not None else (nm.input_scale if nm else None)
+        short_side = self.short_side if self.short_side is not None else overrides.pop("short_side", None)
+        overrides.pop("input_scale", None)
+        overrides.pop("short_side", None)
         preset = get_preset(base, compat=self.compat, layer=layer, stride=stride, input_scale=input_scale,
-                            short_side=self.short_side, **overrides)
+                            short_side=short_side, **overrides)
         feats = preset.features
         # short_side and input_scale are exclusive: giving one replaces the preset's choice of the other
         if self.short_side is not None:

@@ -21,7 +21,7 @@ from .config import Preset, get_preset
 from .errors import InputError
 from .geometry import GridGeometry
 from .io.masks import read_mask
-from .io.video import FrameSource, open_frames
+from .io.video import FrameSource, open_frames, resolve_frame
 from .labels.masks import decode_probs, encode_mask, probs_to_mask
 from .model import ModelSpec
 from .propagation.engine import PropagationEngine
@@ -101,32 +101,42 @@ class Propagator:
     # ----------------------------------------------------------------- labels
     def _load_masks(self, masks: Mapping | None, annotations: str | Path | None,
                     source: FrameSource) -> dict[int, np.ndarray]:
+        """Frame index -> index mask ``[H, W]`` uint8 of every labelled frame.
+
+        Keys of ``masks`` are frame references (:func:`~vlprop.io.video.resolve_frame`: a frame name when
+        one matches, an index otherwise). Every PNG of ``annotations`` must be named after a frame: a
+        misnamed file would silently drop its objects, so it is refused. At least one label must hold an
+        object id (not only background/void).
+        """
         names = source.names()
         by_name = {n: i for i, n in enumerate(names)}
         out: dict[int, np.ndarray] = {}
+        origin: dict[int, str] = {}
         if annotations is not None:
             folder = Path(annotations)
             if not folder.is_dir():
-                raise InputError(f"annotation folder not found: {folder}")
+                raise InputError.about("annotations", "--annotations",
+                                       lambda a: f"{a} folder not found: {folder}")
             found = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png"}
+            stray = sorted(p.name for stem, p in found.items() if stem not in by_name)
+            if stray:
+                shown = ", ".join(stray[:5]) + (f" (+{len(stray) - 5} more)" if len(stray) > 5 else "")
+                raise InputError(f"{len(stray)} PNG(s) in {folder} are not named after a frame: {shown}; frames are "
+                                 f"named like {names[0]!r} ... {names[-1]!r} (rename or move these files, their "
+                                 f"objects would be ignored)")
             for stem, path in found.items():
-                if stem in by_name:
-                    out[by_name[stem]] = read_mask(path, binary_255="auto")
+                out[by_name[stem]] = read_mask(path, binary_255="auto")
+                origin[by_name[stem]] = str(path)
             if not out:
                 raise InputError(f"no PNG in {folder} is named after a frame (frames are named like "
                                  f"{names[0]!r} ... {names[-1]!r}); annotation files must use the frame names")
         for key, value in (masks or {}).items():
-            if isinstance(key, str) and not key.isdigit():
-                if key not in by_name:
-                    raise InputError(f"mask given for frame {key!r}, which is not a frame name of this video")
-                idx = by_name[key]
-            else:
-                idx = int(key)
-                if not 0 <= idx < len(names):
-                    raise InputError(f"mask given for frame {idx}, but the video has {len(names)} frames")
+            idx = resolve_frame(key, names, ("masks key", "--mask-frame"))
             out[idx] = read_mask(value) if isinstance(value, (str, Path)) else np.asarray(value)
+            origin[idx] = str(value) if isinstance(value, (str, Path)) else "the given array"
         if not out:
-            raise InputError("no labels given: pass masks={frame: mask} or an annotations folder")
+            raise InputError("no labels given: pass masks={frame: mask} or an annotations folder",
+                             cli="no labels given: pass --mask FIRST.png or --annotations DIR")
         for idx, m in out.items():
             if m.ndim != 2:
                 raise InputError(f"mask for frame {idx} must be a 2-D index mask [H, W], got shape {m.shape}")
@@ -134,6 +144,12 @@ class Propagator:
                 if m.min() < 0 or m.max() > 255:
                     raise InputError(f"mask for frame {idx}: object ids must be in 0..255")
                 out[idx] = m.astype(np.uint8)
+        if not any(self._ids_in(m) for m in out.values()):
+            idx = min(out)
+            void = "" if self.void is None else f"/void {self.void}"
+            raise InputError(f"mask for frame {idx} ({origin[idx]}) contains no object ids (only 0{void})"
+                             + (f", nor does any of the other {len(out) - 1} labelled frames" if len(out) > 1 else "")
+                             + "; object pixels must hold their id 1..254")
         return out
 
     def _ids_in(self, mask: np.ndarray) -> list[int]:
@@ -149,15 +165,23 @@ class Propagator:
         folder of PNGs named after the frames (only some frames need one). Frames before the first label
         get an empty mask. Labelled frames return their given labels.
         """
-        for r in self.run(source, masks=masks, annotations=annotations):
-            yield (r.index, r.mask, r.probs) if with_probs else (r.index, r.mask)
+        results = self.run(source, masks=masks, annotations=annotations)  # checks the inputs now
+        return ((r.index, r.mask, r.probs) if with_probs else (r.index, r.mask) for r in results)
 
     def run(self, source: Any, masks: Mapping | None = None,
             annotations: str | Path | None = None) -> Iterator[FrameResult]:
-        """Like :meth:`propagate`, yielding :class:`FrameResult` records."""
+        """Like :meth:`propagate`, yielding :class:`FrameResult` records.
+
+        The source and the labels are checked when this is called (not at the first frame), so bad input
+        fails before a caller has written anything.
+        """
         src = open_frames(source)
         given = self._load_masks(masks, annotations, src)
-        first = min(given)
+        return self._run(src, given)
+
+    def _run(self, src: FrameSource, given: dict[int, np.ndarray]) -> Iterator[FrameResult]:
+        # propagation starts at the first label that holds an object; earlier (empty) labels change nothing
+        first = min(i for i, m in given.items() if self._ids_in(m))
         groups: list[_Group] = []
         all_ids: list[int] = []
         geometry: GridGeometry | None = None

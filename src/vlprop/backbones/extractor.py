@@ -91,6 +91,37 @@ def _check_range(x: torch.Tensor, where: str) -> None:
                          f"(pass uint8 frames or divide by 255)")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device` that this machine has; :class:`InputError` otherwise.
+
+    Checked up front because torch only fails deep inside the first ``.to(device)`` (``Found no NVIDIA
+    driver``, ``not linked with support for mps``).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError.about("device", "--device", lambda a: f"invalid {a} {device!r}; expected cpu, "
+                                                               "cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError.about("device", "--device", lambda a: f"{a} {device} requested but CUDA is not "
+                                                                   f"available on this machine; use {a} cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise InputError.about("device", "--device", lambda a: f"{a} {device}: this machine has {n} CUDA "
+                                                                   f"device(s), cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError.about("device", "--device", lambda a: f"{a} mps requested but this PyTorch build has "
+                                                                   f"no available MPS (Apple GPU) support; use "
+                                                                   f"{a} cpu")
+    elif dev.type != "cpu":
+        raise InputError.about("device", "--device", lambda a: f"{a} {device}: unsupported device type "
+                                                               f"{dev.type!r}; expected cpu, cuda, cuda:N or mps")
+    return dev
+
+
 class FeatureExtractor:
     """Run a backbone on RGB frames and return float32 CPU features.
 
@@ -142,10 +173,7 @@ class FeatureExtractor:
                                           (IMAGENET_MEAN, IMAGENET_STD, "rgb") else "custom")
         elif not isinstance(preprocessing, Preprocessing):
             raise InputError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise InputError(f"invalid device {device!r}: {exc}") from None
+        self.device = check_device(device)
         self.net = net.to(device=self.device, dtype=dtype).eval()
         self.stride = stride
         self.dtype = dtype

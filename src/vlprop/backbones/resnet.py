@@ -284,7 +284,9 @@ def _build(spec: ResNetSpec, *, stride: int | None, layer: str | None, padding_m
         rec_arch = recorded.get("arch")
         if rec_arch is not None and rec_arch != spec.arch:
             raise CheckpointError(f"{ckpt.path}: checkpoint was saved for arch {rec_arch!r}, "
-                                  f"not {spec.arch!r}; use create_backbone({rec_arch!r}, ...)")
+                                  f"not {spec.arch!r}; use create_backbone({rec_arch!r}, ...)",
+                                  cli=f"{ckpt.path}: checkpoint was saved for arch {rec_arch!r}, "
+                                      f"not {spec.arch!r}; use --backbone {rec_arch}")
         stride = stride if stride is not None else recorded.get("stride")
         layer = layer if layer is not None else recorded.get("layer")
         padding_mode = padding_mode if padding_mode is not None else recorded.get("padding_mode")

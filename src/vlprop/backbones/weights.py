@@ -314,22 +314,36 @@ class CheckpointFile:
         return cfg
 
 
+_BLOCKED = re.compile(r"unsupported\s+(?:global|class)[:\s]+(?:GLOBAL\s+)?([\w.<>]+)", re.IGNORECASE)
+
+
+def blocked_pickle_object(exc: BaseException) -> str | None:
+    """The Python object (``posix.system``) a ``weights_only`` load refused, from torch's message; None when the
+    error is something else (a corrupt or foreign file). Torch words this differently across versions
+    (``Unsupported global: GLOBAL x`` up to 2.5, ``unsupported GLOBAL x whose module ... is blocked`` later)."""
+    m = _BLOCKED.search(str(exc))
+    return m.group(1) if m else None
+
+
+def pickled_code_message(path: Path, obj: str, hint: str = "") -> str:
+    """The one message for a checkpoint that holds pickled Python objects (never torch's advice to unpickle)."""
+    return (f"weights file {path} contains pickled Python objects that are not plain tensors ({obj}); vlprop "
+            f"does not load code from checkpoints{hint}")
+
+
 def _torch_load(path: Path, allow_pickle: bool) -> Any:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        message = str(exc)
-        if "Unsupported global" not in message and "Unsupported class" not in message:
-            detail = next((line.strip() for line in message.splitlines() if line.strip().startswith("Unsupported")),
-                          type(exc).__name__)
+        obj = blocked_pickle_object(exc)
+        if obj is None:
             raise CheckpointError(f"cannot read weights file {path}: not a PyTorch checkpoint, or corrupt "
-                                  f"({detail})") from None
+                                  f"({type(exc).__name__})") from None
         if not allow_pickle:
-            detail = next((line for line in message.splitlines() if "Unsupported" in line), message[:200])
-            raise CheckpointError(f"weights file {path} contains pickled Python objects that are not plain "
-                                  f"tensors ({detail.strip()}); pass allow_pickle=True only if you trust "
-                                  f"the file") from None
+            raise CheckpointError(pickled_code_message(path, obj, " (Python API: allow_pickle=True loads it, only "
+                                                                  "for a file you trust)"),
+                                  cli=pickled_code_message(path, obj)) from None
     except CheckpointError:
         raise
     except Exception as exc:  # zip/legacy format errors, truncated files, I/O errors
@@ -421,7 +435,10 @@ def open_checkpoint(path: str | os.PathLike, weights_format: str | None = None,
             return CheckpointFile(p, fmt, state, meta)
     first = _shorten(list(candidates[0][1])[:_MAX_LISTED])
     raise CheckpointError(f"{p}: cannot tell the checkpoint layout from its keys (first keys: {first}); "
-                          f"pass weights_format= one of {', '.join(FORMATS)}")
+                          f"pass weights_format= one of {', '.join(FORMATS)}",
+                          cli=f"{p}: cannot tell the checkpoint layout from its keys (first keys: {first}); the "
+                              f"command line reads {', '.join(FORMATS)} checkpoints: convert the file to one of "
+                              f"these layouts, or load it in Python with weights_format=")
 
 
 def load_weights(net: nn.Module, weights: str | os.PathLike | CheckpointFile, weights_format: str | None = None,

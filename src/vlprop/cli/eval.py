@@ -22,11 +22,13 @@ def add_commands(sub) -> None:
     """
     from vlprop.eval.runner import DATASETS
 
-    p = sub.add_parser("eval", help="evaluate on a VOS benchmark (vos) or score saved predictions (score)",
+    p = sub.add_parser("eval", help="evaluate on a VOS benchmark (vos), on keypoint datasets (pose), or score saved "
+                                    "predictions (score)",
                        description="Benchmark evaluation: `vlprop eval vos` propagates a dataset's labels, writes "
-                                   "the submission PNGs and scores them; `vlprop eval score` scores a folder of "
-                                   "predictions like the official DAVIS script.")
-    esub = p.add_subparsers(dest="eval_command", required=True)
+                                   "the submission PNGs and scores them; `vlprop eval pose` propagates keypoints "
+                                   "and scores PCK; `vlprop eval score` scores a folder of predictions like the "
+                                   "official DAVIS script.")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="{vos,pose,score}")
 
     v = esub.add_parser(
         "vos", help="propagate every sequence of a VOS dataset, write <out>/<seq>/<frame>.png and score them",
@@ -201,8 +203,16 @@ def cmd_eval_pose(args) -> int:
     from vlprop.eval.pck import format_pck_markdown
     from vlprop.eval.pose import evaluate_pose, read_pose_dataset
 
+    from vlprop.eval.pose import prediction_path
+    from vlprop.io.paths import refuse_overlap
+
     protocol = pose_protocol(args.dataset, args.protocol)
     videos = read_pose_dataset(args.dataset, args.root, args.split, args.split_num)
+    # the predictions and tables never go into the dataset (its frames and ground-truth keypoints), and a
+    # video name from a list file never leads outside --out: both checked before the first video runs
+    refuse_overlap({"--out": args.out}, {"--root": args.root})
+    for v in videos:
+        prediction_path(args.out, v.name)
     prop = propagator_from_args(args, outside="invisible")
     record = model_spec_from_args(args).weights_record()
     dataset = {"name": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split,

@@ -60,9 +60,10 @@ def add_keypoint_arguments(parser) -> None:
     _add_if_absent(parser, "--keypoints", default=None,
                    help="keypoints of the labelled frame: vlprop keypoint JSON or CSV (the first frame with a "
                         "visible keypoint is the labelled one, unless --keypoints-frame is given)")
-    _add_if_absent(parser, "--keypoints-frame", default=None, type=lambda s: int(s) if s.isdigit() else s,
-                   help="index or name of the labelled frame in the keypoint file (default: its first frame "
-                        "with a visible keypoint)")
+    _add_if_absent(parser, "--keypoints-frame", default=None,
+                   help="the labelled frame: its name (e.g. 0003) when a frame has that name, else its index; "
+                        "name:X / index:N force one reading (default: the keypoint file's first frame with a "
+                        "visible keypoint)")
     _add_if_absent(parser, "--box", type=_box_arg, default=None,
                    help="tracking: initial box X,Y,W,H in pixels (default: padded box around the keypoints; "
                         "write --box=X,Y,W,H when X is negative)")
@@ -92,9 +93,10 @@ def run_keypoint_propagate(args) -> int:
 
     from tqdm import tqdm
 
-    from vlprop.io.files import atomic_write_text, prepare_output_dir
+    from vlprop.cli.options import guard_outputs, weights_input
+    from vlprop.io.files import ResultSet, atomic_write_text, prepare_output_dir
     from vlprop.io.keypoints import read_keypoints, write_keypoints_csv, write_keypoints_json
-    from vlprop.io.render import VideoWriter
+    from vlprop.io.render import VideoWriter, check_fps
     from vlprop.io.render_pose import PoseRenderer
 
     if not getattr(args, "keypoints", None):
@@ -105,9 +107,21 @@ def run_keypoint_propagate(args) -> int:
     seq = read_keypoints(kp_path)
     src = open_frames(args.source)
     out = Path(args.out)
-    prepare_output_dir(out, getattr(args, "force", False))
-    prop = propagator_from_args(args, outside="error")
     overlay = getattr(args, "overlay", None)
+    force = getattr(args, "force", False)
+    if overlay:
+        check_fps(getattr(args, "fps", 24.0))
+    guard_outputs(args.out, overlay, force, {"SOURCE": args.source, "--keypoints": args.keypoints,
+                                             "--weights": weights_input(getattr(args, "weights", None))})
+    prop = propagator_from_args(args, outside="error")
+    planned = ["keypoints.json", "keypoints.csv"] + (["track.csv"] if getattr(args, "track", False) else [])
+    if overlay and Path(overlay).resolve().parent.is_relative_to(out.resolve()):
+        planned.append(str(Path(overlay).resolve().relative_to(out.resolve())))
+    results = prop.run(src, seq, start=getattr(args, "keypoints_frame", None), box=getattr(args, "box", None),
+                       keep_images=bool(overlay))  # checks the labelled frame and box before any write
+    prepare_output_dir(out, force)
+    result_set = ResultSet(out, "vlprop propagate --keypoints")
+    result_set.begin(planned)
     renderer = PoseRenderer(seq.num_keypoints, skeleton=seq.skeleton, trail=getattr(args, "trail", 8)) \
         if overlay else None
     frames, xy, vis, conf, track_rows = [], [], [], [], []
@@ -116,8 +130,7 @@ def run_keypoint_propagate(args) -> int:
     # the overlay is written to a temporary file and renamed when complete; an error discards it
     with (VideoWriter(overlay, fps=getattr(args, "fps", 24.0)) if overlay else contextlib.nullcontext()) as writer, \
             tqdm(total=len(src), unit="frame", desc="propagating keypoints", disable=quiet) as bar:
-        for r in prop.run(src, seq, start=getattr(args, "keypoints_frame", None), box=getattr(args, "box", None),
-                          keep_images=writer is not None):
+        for r in results:
             frames.append(r.index)
             xy.append(r.xy)
             vis.append(r.visible)
@@ -132,6 +145,7 @@ def run_keypoint_propagate(args) -> int:
     write_keypoints_csv(out / "keypoints.csv", result)
     if track_rows:
         atomic_write_text(out / "track.csv", "frame,name,x,y,w,h\n" + "\n".join(track_rows) + "\n")
+    result_set.finish()
     dt = time.perf_counter() - t0
     n = len(frames)
     print(f"wrote keypoints of {n} frames to {out / 'keypoints.json'} and {out / 'keypoints.csv'} "

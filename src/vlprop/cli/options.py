@@ -2,32 +2,61 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from vlprop.errors import InputError
 from vlprop.model import NAMED_MODELS, ModelSpec
 
 
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs, each value coerced to its setting's type (``topk`` an int, ``feature_norm`` a
+    bool, ...; :func:`vlprop.config.coerce_setting`): a wrong type or unknown key is an error here, before
+    any work."""
+    from vlprop.config import coerce_setting
+
     out = {}
     for item in items or []:
         if "=" not in item:
             raise InputError(f"--set expects KEY=VALUE (e.g. --set topk=5), got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
+        key = k.strip().replace("-", "_")
+        try:
+            out[key] = coerce_setting(key, v.strip())
+        except InputError as e:
+            raise InputError(f"--set {item}: {e}") from None
     return out
+
+
+def weights_input(weights: str | None) -> str | None:
+    """``--weights`` as an input path (a file or run folder), or None for a named / random model."""
+    if weights is None or weights in NAMED_MODELS or weights in ("random", "imagenet"):
+        return None
+    return weights
+
+
+def guard_outputs(out: str | None, overlay: str | None, force: bool, inputs: dict[str, Any]) -> None:
+    """Check ``--out`` / ``--overlay`` before any work: the overlay's suffix and folder, an existing overlay
+    (refused unless ``--force``), and that no output is, contains or lies inside an input (``inputs``:
+    flag -> path, e.g. ``{"SOURCE": ..., "--mask": ...}``; refused even with ``--force``)."""
+    from vlprop.io.paths import check_new_file, check_writable_parent, refuse_overlap
+    from vlprop.io.render import check_video_path
+
+    if out is not None:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise InputError(f"--out {out} exists and is not a folder")
+        if Path(out).is_dir():
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise InputError(f"cannot write in --out {out}: permission denied")
+        else:
+            check_writable_parent(out, "--out")
+    if overlay is not None:
+        check_video_path(overlay, ("overlay", "--overlay"))
+        check_new_file(overlay, force, "--overlay")
+        if out is not None and Path(overlay).resolve() == Path(out).resolve():
+            raise InputError(f"--overlay {overlay} is the --out folder; give a video file name")
+    refuse_overlap({"--out": out, "--overlay": overlay}, inputs)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -58,7 +87,18 @@ def add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None
 
 def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
     """The :class:`~vlprop.model.ModelSpec` of parsed model arguments (missing options take defaults)."""
+    from vlprop.backbones.extractor import check_device
+
     overrides = parse_sets(getattr(args, "set", None))
+    check_device(getattr(args, "device", "cpu"))  # before any work, not deep inside torch
+    # checked here because 0 would otherwise read as "not given" and silently take the preset's value
+    for flag, value, ok, rule in (("--stride", getattr(args, "stride", None), lambda v: v >= 1, "an integer >= 1"),
+                                  ("--input-scale", getattr(args, "input_scale", None), lambda v: 0 < v <= 16,
+                                   "a factor in (0, 16]"),
+                                  ("--short-side", getattr(args, "short_side", None), lambda v: v >= 1,
+                                   "a positive number of pixels")):
+        if value is not None and not ok(value):
+            raise InputError(f"{flag} must be {rule}, got {value}")
     return ModelSpec(preset=getattr(args, "preset", None), backbone=getattr(args, "backbone", None),
                      weights=getattr(args, "weights", "default"), layer=getattr(args, "layer", None),
                      stride=getattr(args, "stride", None), input_scale=getattr(args, "input_scale", None),

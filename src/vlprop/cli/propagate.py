@@ -10,19 +10,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlprop.cli.options import add_model_args, model_spec_from_args
+from vlprop.cli.options import add_model_args, guard_outputs, model_spec_from_args, weights_input
 from vlprop.errors import InputError
 
 
 # --------------------------------------------------------------------------- propagate
 def cmd_propagate(args: argparse.Namespace) -> int:
+    """Masks: ``<out>/<frame>.png`` (+ ``probs/<frame>.npz``, the overlay video). Everything is checked before
+    the first file is written; the result set is marked incomplete until its last file is written."""
     import numpy as np
     from tqdm import tqdm
 
-    from vlprop.io.files import atomic_path, prepare_output_dir
+    from vlprop.io.files import ResultSet, atomic_path, prepare_output_dir
+    from vlprop.annotation import propagate_video
     from vlprop.io.masks import overlay, write_mask
-    from vlprop.io.render import VideoWriter
+    from vlprop.io.paths import check_name, ensure_inside
+    from vlprop.io.render import VideoWriter, check_fps
     from vlprop.io.video import open_frames
+    from vlprop.labels.confidence import ConfidenceTracker
 
     if getattr(args, "keypoints", None):
         if args.mask is not None or args.annotations is not None:
@@ -32,27 +37,37 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         return run_keypoint_propagate(args)
     if (args.mask is None) == (args.annotations is None):
         raise InputError("give exactly one of --mask FIRST.png, --annotations DIR or --keypoints FIRST.json")
-    if args.preset is None:
-        args.preset = "dul"
+    if args.overlay:
+        check_fps(args.fps)
+    if not 0 <= args.void <= 255:
+        raise InputError(f"--void must be a mask value 0..255, got {args.void}")
     src = open_frames(args.source)
     out = Path(args.out)
-    prepare_output_dir(out, args.force)
+    guard_outputs(args.out, args.overlay, args.force,
+                  {"SOURCE": args.source, "--mask": args.mask, "--annotations": args.annotations,
+                   "--weights": weights_input(args.weights)})
     masks = {args.mask_frame: args.mask} if args.mask else None
     prop = model_spec_from_args(args).build(void=None if args.no_void else args.void)
-    probs_dir = out / "probs" if args.save_probs else None
-    from vlprop.annotation import propagate_video
-    from vlprop.labels.confidence import ConfidenceTracker
-
     direction = getattr(args, "direction", "forward")
+    # checks the labels before any write
+    results = propagate_video(prop, src, masks=masks, annotations=args.annotations, direction=direction,
+                              max_memory_bytes=FEATURE_MEMORY_BYTES)
+    names = [check_name(n, "frame name") for n in src.names()]
+    planned = [f"{n}.png" for n in names] + ([f"probs/{n}.npz" for n in names] if args.save_probs else [])
+    if args.overlay and Path(args.overlay).resolve().parent.is_relative_to(out.resolve()):
+        planned.append(str(Path(args.overlay).resolve().relative_to(out.resolve())))
+    prepare_output_dir(out, args.force)
+    result_set = ResultSet(out, "vlprop propagate")
+    result_set.begin(planned)
+    probs_dir = out / "probs" if args.save_probs else None
     tracker, confidence = ConfidenceTracker(), []
     t0 = time.perf_counter()
     n = 0
     # the overlay is written to a temporary file and renamed when complete; an error discards it
     with (VideoWriter(args.overlay, fps=args.fps) if args.overlay else contextlib.nullcontext()) as writer, \
             tqdm(total=len(src), unit="frame", desc="propagating", disable=args.quiet) as bar:
-        for r in propagate_video(prop, src, masks=masks, annotations=args.annotations, direction=direction,
-                                 max_memory_bytes=FEATURE_MEMORY_BYTES):
-            write_mask(out / f"{r.name}.png", r.mask)
+        for r in results:
+            write_mask(ensure_inside(out, out / f"{check_name(r.name, 'frame name')}.png"), r.mask)
             confidence += tracker.update(r.index, r.name, r.mask, r.probs, r.object_ids, r.annotated)
             if probs_dir is not None and r.probs is not None:
                 with atomic_path(probs_dir / f"{r.name}.npz") as tmp:
@@ -62,6 +77,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
                 writer.write(overlay(r.image, r.mask))
             n += 1
             bar.update(1)
+    result_set.finish()
     dt = time.perf_counter() - t0
     _write_run_records(args, out, prop, src, confidence, n, dt)
     print(f"wrote {n} masks to {out} ({dt:.1f} s, {n / max(dt, 1e-9):.2f} frames/s)")
@@ -142,21 +158,32 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- demo
+DEMO_MIN_FRAMES, DEMO_MAX_FRAMES = 2, 1000
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from vlprop.demo import iou, natural_video
-    from vlprop.io.files import prepare_output_dir
+    from vlprop.io.files import ResultSet, prepare_output_dir
     from vlprop.io.masks import overlay, write_mask
     from vlprop.io.render import VideoWriter
     from vlprop.session import Propagator
 
+    if not DEMO_MIN_FRAMES <= args.frames <= DEMO_MAX_FRAMES:
+        raise InputError(f"--frames must be between {DEMO_MIN_FRAMES} and {DEMO_MAX_FRAMES} (the first frame is "
+                         f"labelled, the IoU is measured on the others), got {args.frames}")
     out = Path(args.out)
-    prepare_output_dir(out, args.force)
+    guard_outputs(args.out, None, args.force, {"--weights": weights_input(args.weights)})
     # the model first: a bad option fails before anything is written into --out
     prop = Propagator(preset=args.preset, backbone=args.backbone, weights=args.weights, device=args.device,
                       input_scale=args.input_scale, seed=args.seed)
+    prepare_output_dir(out, args.force)
+    result_set = ResultSet(out, "vlprop demo")
+    names = [f"{t:05d}" for t in range(args.frames)]
+    result_set.begin([f"frames/{n}.png" for n in names] + [f"masks/{n}.png" for n in names]
+                     + ["first_mask.png", "overlay.mp4"])
     vid = natural_video(num_frames=args.frames, height=240, width=320)
     frames_dir = out / "frames"
     from PIL import Image
@@ -180,6 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if t > 0:
                 for i in vid.ids:
                     ious[i].append(iou(mask == i, vid.masks[t] == i))
+    result_set.finish()
     dt = time.perf_counter() - t0
     print(f"masks:   {masks_dir}\noverlay: {out / 'overlay.mp4'}")
     print(f"speed:   {len(vid.frames) / dt:.2f} frames/s on {args.device}")
@@ -196,13 +224,15 @@ def add_commands(sub) -> None:
     p = sub.add_parser("propagate", help="propagate first-frame masks (or keypoints) through a video")
     p.add_argument("source", help="a folder of frames (jpg/png) or a video file (mp4/avi/mov/mkv)")
     p.add_argument("--mask", help="index-mask PNG of the labelled frame (palette/L/0-255)")
-    p.add_argument("--mask-frame", default=0, type=lambda s: int(s) if s.isdigit() else s,
-                   help="index or name of the frame --mask labels (default 0)")
+    p.add_argument("--mask-frame", default=0,
+                   help="the frame --mask labels: its name (e.g. 0003) when a frame has that name, else its index "
+                        "(default 0); name:X / index:N force one reading")
     p.add_argument("--annotations", help="folder of index-mask PNGs named after the frames; objects may "
                                          "first appear on any frame (YouTube-VOS style)")
     p.add_argument("--out", required=True, help="output folder for the palette PNG masks")
     p.add_argument("--overlay", help="also write an overlay video (e.g. overlay.mp4 or .gif)")
-    p.add_argument("--fps", type=float, default=24.0, help="overlay frame rate (default 24)")
+    p.add_argument("--fps", type=float, default=24.0, help="overlay frame rate, 0 < fps <= 1000, fractions kept "
+                                                           "(e.g. 29.97; default 24)")
     p.add_argument("--save-probs", action="store_true", help="save grid-resolution probabilities as "
                                                              "probs/<frame>.npz (float16)")
     p.add_argument("--direction", choices=("forward", "backward", "both"), default="forward",
@@ -212,30 +242,33 @@ def add_commands(sub) -> None:
                    "(confidence.csv) is below X, lowest first")
     p.add_argument("--void", type=int, default=255, help="mask value treated as void/unknown (default 255)")
     p.add_argument("--no-void", action="store_true", help="treat every non-zero value as an object id")
-    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--force", action="store_true", help="replace vlprop's earlier results in --out (files it did not "
+                                                        "write are kept) and an existing --overlay file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     add_keypoint_arguments(p)
     p.set_defaults(func=cmd_propagate)
 
     p = sub.add_parser("presets", help="list the propagation presets and their settings")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every preset's settings as JSON")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("demo", help="synthesise a video of moving shapes and propagate its first mask")
     p.add_argument("--out", default="vlprop-demo", help="output folder (default ./vlprop-demo)")
-    p.add_argument("--frames", type=int, default=40)
-    p.add_argument("--preset", default=None, help="propagation preset (default: the named model's)")
+    p.add_argument("--frames", type=int, default=40,
+                   help=f"length of the synthetic video, {DEMO_MIN_FRAMES}..{DEMO_MAX_FRAMES} frames (default 40)")
+    p.add_argument("--preset", default=None, help="propagation preset (default: the named model's; see "
+                                                  "`vlprop presets`)")
     p.add_argument("--backbone", default=None, help="backbone (default: the named model's)")
     p.add_argument("--weights", default="default", help="named model, random, imagenet, or a checkpoint (default "
                                                          "'default')")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--input-scale", type=float, default=2.0,
                    help="resize frames by this factor before the backbone (default 2: the demo's shapes are "
                         "about 100 px wide, 12 cells at stride 8; x2 input gives the grid the detail small "
                         "objects need, as in McKee et al. and Waldmann et al.)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random-init backbone (--weights random)")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an earlier demo's files in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 

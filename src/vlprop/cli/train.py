@@ -13,8 +13,17 @@ from vlprop.errors import InputError
 from vlprop.train.trainer import METHODS, TrainConfig, config_from_namespace, run_training
 
 
+def _guard_run_folder(cfg: TrainConfig) -> None:
+    """The run folder (checkpoints, logs) must not be, contain or lie inside the training data."""
+    from vlprop.io.paths import refuse_overlap
+
+    data = cfg.data if isinstance(cfg.data, str) else None
+    refuse_overlap({"--out": cfg.out or None}, {"--data": data or None})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, resume = config_from_namespace(vars(args))
+    _guard_run_folder(cfg)
     return run_training(cfg, resume)
 
 
@@ -30,11 +39,20 @@ def add_commands(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from vlprop.io.paths import check_new_file, refuse_overlap
     from vlprop.train.checkpoint import export_model
 
-    meta = json.loads(args.meta) if args.meta else None
+    try:
+        meta = json.loads(args.meta) if args.meta else None
+    except ValueError as exc:
+        raise InputError(f"--meta is not valid JSON ({exc}); expected an object, e.g. "
+                         "'{\"davis2016_val_dev_JF\": 0.61}'") from None
     if meta is not None and not isinstance(meta, dict):
         raise InputError("--meta expects a JSON object, e.g. '{\"davis2016_val_dev_JF\": 0.61}'")
+    # the export never replaces its own source (a checkpoint, or a file inside the run folder) nor, without
+    # --force, any existing file
+    refuse_overlap({"--out": args.out}, {"SOURCE": args.source})
+    check_new_file(args.out, args.force, "--out")
     path = export_model(args.source, args.out, half=not args.fp32, meta=meta)
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB, {'float32' if args.fp32 else 'float16'}); use it with --weights {path}")
@@ -50,6 +68,7 @@ def add_export_command(sub) -> None:
     p.add_argument("--out", required=True, help="output model file (.pt), written atomically")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (twice the size)")
     p.add_argument("--meta", default=None, help="JSON object of extra metadata to record (metrics, data, command)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_export)
 
 
@@ -124,4 +143,5 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``python -m vlprop.train <method> ...`` / ``torchrun -m vlprop.train ...`` entry point."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     cfg, resume = config_from_namespace(vars(args))
+    _guard_run_folder(cfg)
     return run_training(cfg, resume)

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vlprop.errors import InputError
+from vlprop.io.paths import check_name
 
 __all__ = [
     "VOSSequence",
@@ -80,7 +81,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
         return Image.open(path)
     except FileNotFoundError:
         raise InputError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read {what} {path}: {exc}") from None
 
 
@@ -189,9 +190,12 @@ class VOSSequence:
 
     def read_frame(self, t: int) -> np.ndarray:
         """Frame t as RGB uint8 ``[H, W, 3]``."""
+        from vlprop.io.video import image_to_rgb
+
         with _open_image(self.frames[t], "frame") as img:
             try:
-                return np.array(img.convert("RGB"))
+                img.load()
+                return image_to_rgb(img, f"frame {self.frames[t]}")  # 16-bit frames scaled, not clipped
             except OSError as exc:
                 raise InputError(f"cannot decode frame {self.frames[t]}: {exc}") from None
 
@@ -213,9 +217,15 @@ def _require_dir(path: Path, what: str) -> Path:
 def _read_list(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read split list {path}: {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _checked_names(names: Sequence[str], source: object) -> list[str]:
+    """Sequence names of a split list / ``meta.json`` / argument, each checked to be a plain name: a name
+    becomes the folder ``<out>/<name>``, so ``../x`` or ``/abs`` would write (and clear) outside ``out``."""
+    return [check_name(n, "sequence name", source) for n in names]
 
 
 def _resolve_split(split: str | os.PathLike | Sequence[str], candidates: Sequence[Path],
@@ -301,6 +311,7 @@ def _first_frame_objects(annotations: Sequence[Annotation], encoding: str) -> di
 
 def _make_sequence(name: str, frames: list[Path], annotations: list[Annotation], encoding: str,
                    validate: bool, scan_objects: bool, objects: dict[int, int] | None = None) -> VOSSequence:
+    check_name(name, "sequence name")  # it names the output folder <out>/<name> and the done marker
     if validate:
         _check_sizes(name, frames, annotations)
     if objects is None:
@@ -339,15 +350,19 @@ def read_davis2016(root: str | os.PathLike, split: str | os.PathLike | Sequence[
     for line in names:
         parts = line.split()
         if len(parts) == 2:
+            for part in parts:
+                if ".." in Path(part).parts:
+                    raise InputError(f"{source}: line {line!r} leaves the dataset root ('..'); expected paths "
+                                     f"inside {root}")
             img = root / parts[0].lstrip("/")
             ann = root / parts[1].lstrip("/")
-            seq = img.parent.name
+            seq = check_name(img.parent.name, "sequence name", source)
             if seq not in pairs:
                 pairs[seq] = []
                 seq_names.append(seq)
             pairs[seq].append((img, ann))
         elif len(parts) == 1:
-            seq_names.append(parts[0])
+            seq_names.append(check_name(parts[0], "sequence name", source))
         else:
             raise InputError(f"{source}: cannot parse line {line!r}; expected a sequence name or "
                              f"'/JPEGImages/<res>/<seq>/<frame>.jpg /Annotations/<res>/<seq>/<frame>.png'")
@@ -384,7 +399,8 @@ def read_davis2017(root: str | os.PathLike, split: str | os.PathLike | Sequence[
     sets = root / "ImageSets" / year
     spec = _resolve_split(split, [sets / f"{split}.txt"] if isinstance(split, (str, os.PathLike)) else [],
                           [sets])
-    names = spec if isinstance(spec, list) else _read_list(spec)
+    names = _checked_names(spec if isinstance(spec, list) else _read_list(spec),
+                           "the split list" if isinstance(spec, list) else spec)
     res = _resolution_level(root, resolution)
     ann_root = root / ("Annotations_unsupervised" if unsup else "Annotations") / res
     _require_dir(ann_root, "DAVIS-2017 annotation folder")
@@ -426,8 +442,9 @@ def read_youtube_vos(root: str | os.PathLike, split: str | os.PathLike | Sequenc
         videos = json.loads(meta_path.read_text(encoding="utf-8"))["videos"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"cannot read {meta_path}: expected {{'videos': {{...}}}} ({exc})") from None
-    if names is None:
-        names = sorted(videos)
+    if not isinstance(videos, dict):
+        raise InputError(f"cannot read {meta_path}: 'videos' must be an object mapping video ids to their objects")
+    names = _checked_names(sorted(videos) if names is None else names, meta_path if names is None else "the split")
     out = []
     for vid in names:
         if vid not in videos:
@@ -469,7 +486,8 @@ def read_segtrackv2(root: str | os.PathLike, split: str | os.PathLike | Sequence
     root = _require_dir(Path(root), "SegTrackV2 root")
     sets = root / "ImageSets"
     spec = _resolve_split(split, [sets / f"{split}.txt"] if isinstance(split, (str, os.PathLike)) else [], [sets])
-    names = [n.lstrip("*") for n in (spec if isinstance(spec, list) else _read_list(spec))]
+    names = _checked_names([n.lstrip("*") for n in (spec if isinstance(spec, list) else _read_list(spec))],
+                           "the split list" if isinstance(spec, list) else spec)
     out = []
     for vid in names:
         list_file = sets / f"{vid}.txt"
@@ -479,7 +497,9 @@ def read_segtrackv2(root: str | os.PathLike, split: str | os.PathLike | Sequence
         if len(lines) < 2:
             raise InputError(f"{list_file}: expected a path prefix line followed by frame names")
         prefix = lines[0].strip("/")
-        stems = lines[1:]
+        if ".." in Path(prefix).parts:
+            raise InputError(f"{list_file}: path prefix {lines[0]!r} leaves the dataset root ('..')")
+        stems = [check_name(n, "frame name", list_file) for n in lines[1:]]
         frame_dir = _require_dir(root / "JPEGImages" / prefix, f"{vid}: frame folder")
         gt_dir = _require_dir(root / "GroundTruth" / prefix, f"{vid}: ground-truth folder")
         subdirs = [d for d in gt_dir.iterdir() if d.is_dir()]
@@ -540,7 +560,8 @@ def read_folder(root: str | os.PathLike, split: str | os.PathLike | Sequence[str
         cands = [root / "ImageSets" / f"{split}.txt", root / f"{split}.txt"] \
             if isinstance(split, (str, os.PathLike)) else []
         spec = _resolve_split(split, cands, [root / "ImageSets", root])
-        names = spec if isinstance(spec, list) else _read_list(spec)
+        names = _checked_names(spec if isinstance(spec, list) else _read_list(spec),
+                               "the split list" if isinstance(spec, list) else spec)
     if require_annotations:
         _require_dir(ann_root, "annotation folder")
     if mask_encoding != "auto" and mask_encoding not in MASK_ENCODINGS[:2]:

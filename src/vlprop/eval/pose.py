@@ -44,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..io.files import atomic_write_text
+from ..io.paths import check_name, ensure_inside
 from ..io.keypoints import (
     JHMDB_ACTIONS,
     KeypointSequence,
@@ -332,7 +333,12 @@ class PoseEvalResult:
 
 
 def prediction_path(out_dir: str | os.PathLike, video: str) -> Path:
-    return Path(out_dir) / "predictions" / f"{video}.json"
+    """``<out>/predictions/<video>.json``; a video name (from a list file; ``class/video`` is allowed) must be
+    made of plain names and stay inside ``out``."""
+    parts = video.split("/")
+    for part in parts:
+        check_name(part, "video name")
+    return ensure_inside(Path(out_dir), Path(out_dir) / "predictions" / f"{video}.json")
 
 
 def _aligned(gt: KeypointSequence, pred: KeypointSequence, name: str) -> KeypointSequence:

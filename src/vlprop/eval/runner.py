@@ -63,6 +63,7 @@ from vlprop.eval.score import (
     write_per_object_csv,
 )
 from vlprop.io.files import atomic_write_text
+from vlprop.io.paths import check_name, ensure_inside, refuse_overlap
 from vlprop.io.video import Frame, FrameSource
 from vlprop.model import ModelSpec
 
@@ -300,7 +301,15 @@ class SequenceFrames(FrameSource):
 # One sequence
 # ---------------------------------------------------------------------------------------------------
 def marker_path(out_dir: str | os.PathLike, name: str) -> Path:
-    return Path(out_dir) / STATE_DIR / "done" / f"{name}.json"
+    check_name(name, "sequence name")
+    return ensure_inside(Path(out_dir), Path(out_dir) / STATE_DIR / "done" / f"{name}.json")
+
+
+def _owner_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """``<out>/.vlprop-eval/started/<seq>.json``: written before the first PNG of a sequence, it marks
+    ``<out>/<seq>/`` as vlprop's, so its PNGs may be cleared on a rerun (and only then)."""
+    check_name(name, "sequence name")
+    return ensure_inside(Path(out_dir), Path(out_dir) / STATE_DIR / "started" / f"{name}.json")
 
 
 def _read_marker(out_dir: Path, name: str) -> dict[str, Any] | None:
@@ -324,10 +333,18 @@ def _is_finished(out_dir: Path, seq: VOSSequence, marker: Mapping[str, Any] | No
     return all((seq_dir / f"{n}.png").is_file() for n in seq.frame_names)
 
 
-def _clear_predictions(seq_dir: Path) -> None:
-    if seq_dir.is_dir():
-        for p in seq_dir.glob("*.png"):
-            p.unlink()
+def _clear_predictions(out_dir: Path, name: str) -> None:
+    """Remove the PNGs of ``<out_dir>/<name>/`` -- only if vlprop wrote that folder (its started or done
+    marker exists); PNGs in a folder vlprop did not create are somebody's data and stop the run."""
+    seq_dir = ensure_inside(out_dir, out_dir / name)
+    if not seq_dir.is_dir():
+        return
+    pngs = list(seq_dir.glob("*.png"))
+    if pngs and not (_owner_path(out_dir, name).is_file() or marker_path(out_dir, name).is_file()):
+        raise InputError(f"{seq_dir} holds {len(pngs)} PNG file(s) that vlprop did not write (no "
+                         f"{STATE_DIR} record of this sequence); refusing to replace them: choose another --out")
+    for p in pngs:
+        p.unlink()
 
 
 def propagate_sequence(prop, seq: VOSSequence, mode: str, out_dir: str | os.PathLike,
@@ -339,9 +356,13 @@ def propagate_sequence(prop, seq: VOSSequence, mode: str, out_dir: str | os.Path
     """
     from vlprop.io.masks import write_mask
 
-    seq_dir = Path(out_dir) / seq.name
+    out_dir = Path(out_dir)
+    seq_dir = ensure_inside(out_dir, out_dir / check_name(seq.name, "sequence name"))
     masks = input_masks(seq, mode)
-    _clear_predictions(seq_dir)
+    _clear_predictions(out_dir, seq.name)
+    owner = _owner_path(out_dir, seq.name)
+    if not owner.is_file():
+        atomic_write_text(owner, json.dumps({"sequence": seq.name, "started": _now()}) + "\n")
     seq_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n = 0
@@ -361,6 +382,17 @@ def propagate_sequence(prop, seq: VOSSequence, mode: str, out_dir: str | os.Path
             "objects": {str(o): seq.frame_names[t] for o, t in seq.objects.items()},
             "wall_time_s": round(dt, 4), "fps": round(n / max(dt, 1e-9), 4), "geometry": geometry,
             "finished": _now(), "host": platform.node(), "pid": os.getpid()}
+
+
+def _dataset_folders(seqs: Sequence[VOSSequence]) -> list[Path]:
+    """The folders holding the sequences' frames and annotation files (the inputs an output may not touch)."""
+    folders: set[Path] = set()
+    for s in seqs:
+        folders.update(p.parent for p in s.frames)
+        for a in s.annotations:
+            if a is not None:
+                folders.update(p.parent for p in ((a,) if isinstance(a, Path) else a))
+    return sorted(folders)
 
 
 @dataclass(frozen=True)
@@ -599,8 +631,15 @@ def evaluate_vos(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLi
         settings = run_settings(model, name, mode, max_frames, weights)
         digest = settings_hash(settings)
         if out.exists() and not out.is_dir():
-            raise InputError(f"output path {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+            raise InputError.about("out_dir", "--out", lambda a: f"{a} {out} exists and is not a folder")
+        # the predictions must never land in (and clear) the dataset's own frame or mask folders
+        refuse_overlap({("out_dir", "--out"): out},
+                       {("root", "--root"): _dataset_folders(seqs)})
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise InputError.about("out_dir", "--out", lambda a: f"cannot create {a} {out}: {reason}") from None
         markers = {s.name: _read_marker(out, s.name) for s in seqs}
         stale = [(n, m) for n, m in markers.items() if m is not None and m.get("settings_hash") != digest]
         if stale and not force:

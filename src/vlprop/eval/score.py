@@ -37,6 +37,7 @@ from vlprop.eval.davis import (
     db_statistics,
 )
 from vlprop.io.files import atomic_write_text
+from vlprop.io.paths import check_name, check_writable_parent, refuse_overlap
 
 __all__ = [
     "GLOBAL_COLUMNS",
@@ -261,8 +262,9 @@ def _sequence_names(gt_dir: Path, sequences: Sequence[str] | str | os.PathLike |
         path = Path(sequences)
         if not path.is_file():
             raise InputError(f"sequence list {path} not found (give a text file with one name per line, or a list)")
-        return [ln.strip().lstrip("*") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return [str(s) for s in sequences]
+        return [check_name(ln.strip().lstrip("*"), "sequence name", path)
+                for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [check_name(str(s), "sequence name") for s in sequences]
 
 
 def score_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, task: str = "semi",
@@ -290,9 +292,10 @@ def score_folder(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, task: s
         raise InputError(f"no sequences to score in {gt_root}")
     missing = [n for n in names if not (pred_root / n).is_dir()]
     if missing:
-        raise InputError(f"prediction folder {pred_root} lacks {len(missing)} sequence folder(s): "
-                         f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} (pass `sequences` to "
-                         f"score a subset)")
+        shown = f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+        raise InputError.about("sequences", "--sequences", lambda a: (
+            f"prediction folder {pred_root} lacks {len(missing)} sequence folder(s): {shown} (pass {a} to score "
+            f"a subset)"))
     jobs = []
     for n in names:
         seq_dir = gt_root / n
@@ -401,6 +404,13 @@ def main_score(pred: str | os.PathLike, gt: str | os.PathLike, task: str = "semi
     Returns the summary (``to_dict`` without per-frame values) plus ``"markdown"`` (the tables to
     print) and, when ``out`` is given, ``"files"`` (the written CSV/markdown/JSON paths).
     """
+    if out is not None:  # checked before the scoring work, not after it
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise InputError.about("out", "--out", lambda a: f"{a} {out} exists and is not a folder")
+        check_writable_parent(out / OUTPUT_FILES["global_csv"], ("out", "--out"))
+        if Path(gt).is_dir():
+            refuse_overlap({("out", "--out"): out}, {("gt", "--gt"): _resolve_gt_dir(Path(gt), normalize_task(task))})
     results = score_folder(pred, gt, task, sequences, workers, compat_uint8_decay=compat_uint8_decay)
     summary = results.to_dict(per_frame=False)
     summary["markdown"] = format_markdown(results)

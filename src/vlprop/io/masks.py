@@ -65,7 +65,7 @@ def read_mask(path: str | Path, binary_255: str = "auto") -> np.ndarray:
                         f"the object ids (0 = background).")
             else:
                 raise InputError(f"{path}: unsupported mask image mode {mode!r}")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise InputError(f"cannot read mask {path}: {e}") from None
     if binary_255 not in ("auto", "void", "object"):
         raise ValueError(f"binary_255 must be auto, void or object, got {binary_255!r}")

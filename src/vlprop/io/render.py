@@ -1,13 +1,46 @@
 """Video writing (PyAV) for overlays: frames are streamed in, the file appears atomically when closed."""
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .files import _umask
+
+# container suffix -> codec (H.264 where the container takes it; MPEG-4 part 2 for AVI; GIF)
+VIDEO_SUFFIXES = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".avi": "mpeg4", ".gif": "gif"}
+MAX_FPS = 1000.0
+
+
+def check_video_path(path: str | Path, arg: tuple[str, str] = ("path", "--overlay")) -> Path:
+    """Raise :class:`InputError` unless ``path`` has a suffix :class:`VideoWriter` can write and is not a
+    folder; ``arg`` is the argument's (Python, CLI) name for the message."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError.about(*arg, lambda a: f"{a} {p} is a folder; give a video file name such as "
+                                               f"{p / 'overlay.mp4'}")
+    if p.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InputError.about(*arg, lambda a: f"{a} {p}: cannot write a video with suffix {p.suffix or '(none)'!r}; "
+                                               f"use one of {', '.join(VIDEO_SUFFIXES)}")
+    return p
+
+
+def check_fps(fps: float, arg: tuple[str, str] = ("fps", "--fps")) -> Fraction:
+    """The frame rate as an exact fraction (29.97 stays 2997/100); :class:`InputError` unless 0 < fps <= 1000."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and 0 < value <= MAX_FPS):
+        raise InputError.about(*arg, lambda a: f"{a} must be a frame rate in (0, {MAX_FPS:g}] frames per second, "
+                                               f"got {fps!r}")
+    return Fraction(value).limit_denominator(1001)
 
 
 class VideoWriter:
@@ -18,7 +51,9 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: float = 24.0):
-        self.path = Path(path)
+        # checked now, not after the whole propagation: a bad suffix or rate must fail before any work
+        self.path = check_video_path(path)
+        self.rate = check_fps(fps)
         self.fps = fps
         self._container = None
         self._stream = None
@@ -28,17 +63,17 @@ class VideoWriter:
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = self.path.suffix.lower() or ".mp4"
+        suffix = self.path.suffix.lower()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=suffix, dir=self.path.parent)
         os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = Path(tmp)  # from here on abort() removes it, whatever fails next
         self._container = av.open(str(self._tmp), mode="w")
-        if suffix == ".gif":
-            self._stream = self._container.add_stream("gif", rate=int(round(self.fps)))
+        codec = VIDEO_SUFFIXES[suffix]
+        if codec == "gif":
+            self._stream = self._container.add_stream("gif", rate=self.rate)
             self._stream.pix_fmt = "rgb8"
         else:
-            codec = "libx264" if suffix in (".mp4", ".mkv", ".mov") else "mpeg4"
-            self._stream = self._container.add_stream(codec, rate=int(round(self.fps)))
+            self._stream = self._container.add_stream(codec, rate=self.rate)
             self._stream.pix_fmt = "yuv420p"
             if codec == "libx264":
                 self._stream.options = {"crf": "20", "preset": "veryfast"}
@@ -53,7 +88,11 @@ class VideoWriter:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise InputError(f"video frames must be [H, W, 3] uint8, got {frame.shape} {frame.dtype}")
         if self._container is None:
-            self._open(*frame.shape[:2])
+            try:
+                self._open(*frame.shape[:2])
+            except BaseException:
+                self.abort()
+                raise
         frame = frame[: self._stream.height, : self._stream.width]
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
         for packet in self._stream.encode(vf):
@@ -62,20 +101,30 @@ class VideoWriter:
     def close(self) -> None:
         if self._container is None:
             return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        os.replace(self._tmp, self.path)
-        self._container = None
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            finally:
-                if self._tmp is not None and self._tmp.exists():
+        """Discard the video: close the container and remove the temporary file (on every failure path)."""
+        try:
+            if self._container is not None:
+                with contextlib.suppress(Exception):
+                    self._container.close()
+        finally:
+            self._container = None
+            if self._tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
                     self._tmp.unlink()
-                self._container = None
+                self._tmp = None
 
     def __enter__(self) -> "VideoWriter":
         return self

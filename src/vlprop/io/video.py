@@ -33,7 +33,67 @@ def natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def resolve_frame(ref: int | str, names: Sequence[str], arg: tuple[str, str] = ("frame", "frame")) -> int:
+    """The index of the frame ``ref`` refers to, among frames named ``names``.
+
+    A frame reference is a frame *name* when one matches, an *index* otherwise; ``name:X`` and
+    ``index:N`` force one reading. A string that is both a frame name and the plain spelling of a
+    valid index of a *different* frame (frames ``1 2 3``: is ``2`` the second or the third frame?) is
+    ambiguous and refused. Zero-padded digits (``0003``) are never read as an index when they name a
+    frame, because nobody types an index that way. Ints are always indices.
+
+    ``arg``: the (Python, CLI) name of the argument, for the message (``("masks", "--mask-frame")``).
+    """
+    T = len(names)
+    shown = f"{names[0]!r} ... {names[-1]!r}" if T else "none"
+
+    def index(i: int, text: object) -> int:
+        if not 0 <= i < T:
+            raise InputError.about(*arg, lambda a: f"{a} {text!r}: no frame {i}, outside the video's {T} frames "
+                                                   f"(indices 0..{T - 1}, names {shown})")
+        return i
+
+    if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+        return index(int(ref), ref)
+    if not isinstance(ref, str):
+        raise InputError.about(*arg, lambda a: f"{a} {ref!r}: expected a frame index or a frame name")
+    text = ref.strip()
+    by_name = {n: i for i, n in enumerate(names)}
+    if text.startswith("name:"):
+        if text[5:] not in by_name:
+            raise InputError.about(*arg, lambda a: f"{a} {ref!r}: no frame is named {text[5:]!r} (names {shown})")
+        return by_name[text[5:]]
+    if text.startswith("index:"):
+        if not re.fullmatch(r"\d+", text[6:]):
+            raise InputError.about(*arg, lambda a: f"{a} {ref!r}: index:N needs a non-negative integer")
+        return index(int(text[6:]), ref)
+    as_index = int(text) if re.fullmatch(r"0|[1-9]\d*", text) else None
+    if text in by_name:
+        i = by_name[text]
+        if as_index is not None and as_index != i and as_index < T:
+            raise InputError.about(*arg, lambda a: (
+                f"{a} {ref!r} is ambiguous: frame {text!r} is index {i}, but index {as_index} is frame "
+                f"{names[as_index]!r}; write name:{text} or index:{as_index}"))
+        return i
+    if as_index is not None:
+        return index(as_index, ref)
+    raise InputError.about(*arg, lambda a: f"{a} {ref!r} is neither a frame name nor a frame index of this video "
+                                           f"({T} frames, names {shown})")
+
+
+def image_to_rgb(img: Image.Image, where: str = "frame") -> np.ndarray:
+    """An image as RGB uint8 ``[H, W, 3]``. 16-bit images are scaled to 8 bits (``>> 8``), not clipped:
+    PIL's ``convert("RGB")`` saturates every value above 255, which turns a 16-bit frame white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+            raise InputError(f"{where}: {img.mode} image with values outside 0..65535; expected 8- or 16-bit frames")
+        if img.mode != "I" or arr.max(initial=0) > 255:  # a 32-bit container of 8-bit values stays as it is
+            arr = arr >> 8
+        grey = arr.astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise InputError(f"{where}: floating-point image (mode F); save frames as 8- or 16-bit images")
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
@@ -87,8 +147,8 @@ class ImageFolderSource(FrameSource):
         try:
             with Image.open(path) as img:
                 img.load()
-                return _to_rgb(img)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                return image_to_rgb(img, f"frame {index} ({path})")
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
             raise InputError(f"cannot read frame {index} ({path}): {e}") from None
 
     def __iter__(self) -> Iterator[Frame]:

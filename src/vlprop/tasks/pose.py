@@ -44,7 +44,7 @@ from ..config import KeypointConfig, Preset, get_preset
 from ..errors import InputError
 from ..geometry import GridGeometry
 from ..io.keypoints import KeypointSequence
-from ..io.video import FrameSource, open_frames
+from ..io.video import FrameSource, open_frames, resolve_frame
 from ..labels.keypoints import KeypointCodec
 from ..model import ModelSpec
 from ..propagation.engine import PropagationEngine
@@ -86,6 +86,11 @@ class KeypointFrame:
     labels: torch.Tensor | None = None
     image: np.ndarray | None = None
     estimate: np.ndarray | None = None
+
+
+def _coord(v: float) -> str:
+    """A pixel coordinate for a message: one decimal, or short scientific notation when huge (1e308)."""
+    return f"{v:.1f}" if abs(v) < 1e6 else f"{v:.3g}"
 
 
 @dataclass(frozen=True)
@@ -225,22 +230,10 @@ class KeypointPropagator:
     def _start(self, keypoints: Any, frame_names: list[str], start: int | str | None,
                names: Sequence[str] | None) -> _Start:
         """Resolve the labelled frame index and its keypoints from the accepted input forms."""
-        by_name = {n: i for i, n in enumerate(frame_names)}
-        T = len(frame_names)
-
         def to_index(fid: int | str, what: str) -> int:
-            if isinstance(fid, (int, np.integer)) and not isinstance(fid, bool):
-                idx = int(fid)
-            elif isinstance(fid, str) and fid in by_name:
-                idx = by_name[fid]
-            elif isinstance(fid, str) and fid.isdigit():
-                idx = int(fid)
-            else:
-                raise InputError(f"{what} {fid!r} is neither a frame index nor a frame name of this video "
-                                 f"(names run {frame_names[0]!r} ... {frame_names[-1]!r})")
-            if not 0 <= idx < T:
-                raise InputError(f"{what} {fid!r} is outside the video's {T} frames")
-            return idx
+            # one rule for every frame reference (a name when one matches, an index otherwise)
+            arg = ("start", "--keypoints-frame") if what == "start frame" else (what, what)
+            return resolve_frame(fid, frame_names, arg)
 
         skeleton: list[tuple[int, int]] = []
         if isinstance(keypoints, KeypointSequence):
@@ -308,7 +301,7 @@ class KeypointPropagator:
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             if self.outside == "error":
-                raise InputError(f"keypoint {st.names[k]!r} at ({x[k]:.1f}, {y[k]:.1f}) on frame {st.index} "
+                raise InputError(f"keypoint {st.names[k]!r} at ({_coord(x[k])}, {_coord(y[k])}) on frame {st.index} "
                                  f"({frame_name}) lies outside the {W}x{H} frame ({int(bad.sum())} keypoint(s) "
                                  f"outside; valid x in [-0.5, {W - 0.5}], y in [-0.5, {H - 0.5}])")
             log.info("frame %s: %d keypoint(s) outside the %dx%d frame are treated as invisible",
@@ -343,6 +336,7 @@ class KeypointPropagator:
         ``(xy [K, 2], visible [K])`` (or just ``xy``; NaN rows are invisible) for frame ``start`` (default 0).
         ``box``: initial tracker box ``(x, y, w, h)`` (default: padded box around the visible keypoints).
         Frames before the labelled frame are yielded with every keypoint invisible (``propagated=False``).
+        The source, keypoints, ``start`` and ``box`` are checked when this is called, before the first frame.
         """
         src: FrameSource = open_frames(source)
         frame_names = src.names()
@@ -353,6 +347,9 @@ class KeypointPropagator:
             box = tuple(float(v) for v in box)
             if len(box) != 4 or not all(map(math.isfinite, box)) or box[2] < 1 or box[3] < 1:
                 raise InputError(f"box must be finite (x, y, w, h) with w, h >= 1, got {box}")
+        return self._run(src, st, box, keep_images)
+
+    def _run(self, src: FrameSource, st: "_Start", box: Box | None, keep_images: bool) -> Iterator[KeypointFrame]:
         K = len(st.names)
         state: dict[str, Any] = {}
         bs = max(1, int(getattr(self.extractor, "batch_size", 4)))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from vlprop.backbones.weights import blocked_pickle_object, pickled_code_message
 from vlprop.errors import CheckpointError
 from vlprop.io.files import atomic_path
 from vlprop.model import RUN_BEST, RUN_LAST, resolve_run_weights
@@ -123,6 +124,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated / not a torch file / foreign pickles
+        blocked = blocked_pickle_object(exc)
+        if blocked is not None:  # never repeat torch's advice to re-run with weights_only=False
+            raise CheckpointError(pickled_code_message(p, blocked)) from None
         raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict) or obj.get("format") != "vlprop":
         raise CheckpointError(f"{p} is not a vlprop checkpoint (missing format='vlprop')")
