@@ -22,6 +22,7 @@ value or a tensor, so the file loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -70,6 +71,9 @@ def model_checkpoint(net: nn.Module, meta: Mapping[str, Any] | None = None) -> d
     }
     if obj["head_dim"] is None:
         del obj["head_dim"]
+    pre = getattr(backbone, "preprocessing", None)
+    if pre is not None:  # the input the weights were trained on (read back by the backbones loader)
+        obj["preprocessing"] = dataclasses.asdict(pre)
     return obj
 
 
