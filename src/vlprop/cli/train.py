@@ -70,16 +70,20 @@ def _option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _field_type(tp: Any) -> tuple[Any, bool]:
-    """(argparse type, is_bool) of a Config field annotation (``Optional[X]`` -> X)."""
+def _field_type(tp: Any) -> tuple[Any, bool, str | None]:
+    """(argparse type, is_bool, nargs) of a Config field annotation (``Optional[X]`` -> X,
+    ``tuple[X, ...]`` -> one or more X)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        elem = typing.get_args(tp)[0]
+        return (elem if elem in (int, float, str) else str), False, "+"
     if tp is bool:
-        return None, True
+        return None, True, None
     if tp in (int, float, str):
-        return tp, False
-    return str, False
+        return tp, False, None
+    return str, False, None
 
 
 def add_method_options(p: argparse.ArgumentParser, method) -> None:
@@ -92,14 +96,14 @@ def add_method_options(p: argparse.ArgumentParser, method) -> None:
         opt = _option_name(f.name)
         if opt in common:
             continue
-        tp, is_bool = _field_type(hints[f.name])
+        tp, is_bool, nargs = _field_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f.metadata.get("help", "") + ("" if default is None else f" (default {default})")
         if is_bool:
             g.add_argument(opt, dest=f.name, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
                            help=text)
         else:
-            g.add_argument(opt, dest=f.name, default=argparse.SUPPRESS, type=tp, help=text)
+            g.add_argument(opt, dest=f.name, default=argparse.SUPPRESS, type=tp, nargs=nargs, help=text)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
