@@ -257,3 +257,68 @@ def test_mast_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_p
                         "--weights", str(run), "--layer", "head", "--stride", "4", "--set", "topk=0",
                         "--set", "window=square", "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == 12
+
+
+# ----------------------------------------------------------------------------- image auxiliary objective
+def test_rotations_present_each_image_in_four_rotations_with_their_labels():
+    from vlprop.train.auxiliary import rotation_loss, rotations
+
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    rot, labels = rotations(torch.cat([img, -img]))
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert rot[2, 0].tolist() == [[2.0, 4.0], [1.0, 3.0]]      # 90 degrees counter-clockwise
+    assert rot[4, 0].tolist() == [[4.0, 3.0], [2.0, 1.0]]      # 180
+    assert rot[7, 0].tolist() == [[-3.0, -1.0], [-4.0, -2.0]]  # -img rotated by 270
+    assert torch.equal(rot[7], -torch.rot90(img[0], 3, dims=(-2, -1)))
+    assert rotation_loss(torch.zeros(8, 4), labels).item() == pytest.approx(math.log(4))
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
+    want = -(2.0 - math.log(math.exp(2.0) + 3))
+    assert rotation_loss(logits, torch.tensor([0])).item() == pytest.approx(want)
+    with pytest.raises(InputError, match="square"):
+        rotations(torch.zeros(1, 3, 4, 5))
+
+
+def test_rotation_auxiliary_adds_lambda_times_its_loss_and_leaves_the_video_clips_unchanged(clips, tmp_path):
+    from test_train_support import TinyBackbone
+
+    base = dict(iters=2, batch=2, frames=2, crop=32, grid=2, grid_ref=2, key_dim=8)
+    plain = Trainer(tiny("dul", clips, tmp_path / "plain", **base), backbone=TinyBackbone()).fit()
+    aux = Trainer(tiny("dul", clips, tmp_path / "aux", aux="rotation", aux_weight=0.3, aux_size=32, aux_per_clip=2,
+                       **base), backbone=TinyBackbone()).fit()
+    p, a = plain.history[0].values, aux.history[0].values
+    assert a["temp"] == pytest.approx(p["temp"], rel=1e-6) and a["cross"] == pytest.approx(p["cross"], rel=1e-6)
+    assert a["aux"] > 0 and a["loss"] == pytest.approx(a["temp"] + 0.1 * a["cross"] + 0.3 * a["aux"], rel=1e-5)
+    obj = torch.load(tmp_path / "aux" / "last.pt", weights_only=True)
+    assert any(k.startswith("aux.") for k in obj["training"]["net"])  # trained and resumable, not exported
+    assert not any(k.startswith("aux") for k in obj["state_dict"])
+
+
+def test_rotation_images_from_a_folder_and_a_missing_folder_is_a_clear_error(clips, tmp_path):
+    from test_train_support import TinyBackbone
+
+    base = dict(iters=1, batch=2, frames=2, crop=32, grid=2, grid_ref=2, key_dim=8, aux="rotation", aux_size=32)
+    result = Trainer(tiny("dul", clips, tmp_path / "run", aux_data=str(clips / "seq01"), **base),
+                     backbone=TinyBackbone()).fit()
+    assert result.history[0].values["aux"] > 0
+    with pytest.raises(InputError, match="auxiliary image folder .* does not exist"):
+        Trainer(tiny("dul", clips, tmp_path / "r2", aux_data=str(tmp_path / "nope"), **base), backbone=TinyBackbone())
+
+
+def test_killed_and_resumed_run_with_the_auxiliary_head_reproduces_the_losses(clips, tmp_path):
+    kw = dict(radius=2, aux="rotation", aux_size=32, aux_per_clip=1, ckpt_every=2)
+    ref = tmp_path / "ref"
+    Trainer(tiny("mast", clips, ref, **kw), backbone=TinyBackbone4()).fit()
+    run = tmp_path / "run"
+    with pytest.raises(_Crash):
+        Trainer(tiny("mast", clips, run, **kw), backbone=TinyBackbone4(), callbacks=[_crash_at(3)]).fit()
+    Trainer(tiny("mast", clips, run, **kw), backbone=TinyBackbone4(), resume=run).fit()
+    assert losses(run) == losses(ref)
+    assert all(float(r["aux"]) > 0 for r in read_csv(run / "train.csv"))
+
+
+def test_imagenet_init_is_never_downloaded_and_a_missing_source_is_a_one_line_error(clips, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(InputError, match=r"^--init imagenet: resnet18 ImageNet weights are not available locally"):
+        Trainer(tiny("dul", clips, tmp_path / "run", init="imagenet"))
+    with pytest.raises(InputError, match="no ImageNet weights exist for mast_resnet18"):
+        Trainer(tiny("mast", clips, tmp_path / "run2", init="imagenet"))

@@ -112,7 +112,7 @@ def _square_crop(image: Image.Image, size: int, rng: np.random.Generator) -> tor
     top = int(rng.integers(0, nh - size + 1))
     left = int(rng.integers(0, nw - size + 1))
     arr = np.asarray(image)[top:top + size, left:left + size]
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255.0)
 
 
 def sample_aux_images(entry: VideoEntry, rng: np.random.Generator, cfg: AuxConfig, preprocessing,
