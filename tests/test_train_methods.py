@@ -200,6 +200,9 @@ def losses(run: Path) -> list[tuple[int, str]]:
 # 30-step run must stay below (measured: MAST 0.90; reconstruction losses fall slowly at first).
 METHOD_TINY = {
     "mast": dict(backbone=TinyBackbone4, opts=dict(radius=2), train=dict(lr=3e-3, batch=4), ratio=0.95),
+    # stage 2 (negatives + compactness) starts at 30/35 of the run: step 26 of 30, step 5 of 6 (resume test)
+    "liir": dict(backbone=TinyBackbone4, opts=dict(radius=2, bank_frames=4, bank_points=2),
+                 train=dict(lr=3e-3, batch=4), ratio=0.95),
 }
 
 
@@ -322,3 +325,102 @@ def test_imagenet_init_is_never_downloaded_and_a_missing_source_is_a_one_line_er
         Trainer(tiny("dul", clips, tmp_path / "run", init="imagenet"))
     with pytest.raises(InputError, match="no ImageNet weights exist for mast_resnet18"):
         Trainer(tiny("mast", clips, tmp_path / "run2", init="imagenet"))
+
+
+# ----------------------------------------------------------------------------- LIIR
+def test_compactness_prior_of_a_hand_example():
+    from vlprop.train.methods.liir import compactness_loss, compactness_prior
+
+    a = torch.zeros(1, 9, 1, 1)
+    a[0, 4], a[0, 5], a[0, 0] = 0.6, 0.3, 0.1      # top-2: centre (1, 1) and its right neighbour (1, 2)
+    H, conf = compactness_prior(a, 3, k=2, fwhm=1.0)
+    p1, p2 = math.exp(0.6) / (math.exp(0.6) + math.exp(0.3)), math.exp(0.3) / (math.exp(0.6) + math.exp(0.3))
+    g1 = 2.0 ** -4  # exp(-4 ln2 * 1): one cell from a mode
+    assert conf.item() == pytest.approx(0.6)
+    assert H[0, 4].item() == pytest.approx(p1 + p2 * g1)           # centre
+    assert H[0, 5].item() == pytest.approx(p1 * g1 + p2)           # right
+    assert H[0, 0].item() == pytest.approx(p1 * 2.0 ** -8 + p2 * 2.0 ** -20)  # (0,0): d2 = 2 and 5
+    # loss: mean over the 9 entries of smooth_l1(20 a, 20 H) when conf > threshold, else 0
+    d = (20 * a - 20 * H).abs()
+    want = torch.where(d < 1, 0.5 * d ** 2, d - 0.5).mean().item()
+    assert compactness_loss(a, 3, threshold=0.5).item() == pytest.approx(want, rel=1e-6)
+    assert compactness_loss(a, 3, threshold=0.7).item() == 0.0
+
+
+def test_negative_logits_mask_the_query_video_and_empty_bank_slots():
+    from vlprop.train.methods.liir import negative_logits
+
+    q = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1).repeat(2, 1, 1, 1)
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    got = negative_logits(q, keys, torch.tensor([0, 1, -1]), torch.tensor([0, 2]))
+    assert got[0, :, 0, 0].tolist() == [float("-inf"), 2.0, float("-inf")]
+    assert got[1, :, 0, 0].tolist() == [1.0, 2.0, float("-inf")]
+
+
+def test_liir_position_encoding_is_resized_shifted_circularly_and_detached_for_bank_keys():
+    from vlprop.backbones import create_backbone
+
+    net = create_backbone("liir_resnet18", seed=0)
+    stem = net.relu
+    with torch.no_grad():
+        stem.pos_embed.copy_(torch.randn(stem.pos_embed.shape, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(2, 64, 16, 16)
+    p = F.interpolate(stem.pos_embed, size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(stem(x), F.relu(x) + p)
+    stem.pe_shift = torch.tensor([[0, 0], [3, 5]])
+    y = stem(x)
+    stem.pe_shift = None
+    assert torch.allclose(y[0], F.relu(x[0]) + p[0])
+    assert torch.allclose(y[1], F.relu(x[1]) + torch.roll(p[0], (3, 5), dims=(-2, -1)))
+    stem.pe_shift = torch.tensor([[1, 1], [2, 2]])
+    stem(x.requires_grad_()).sum().backward()
+    stem.pe_shift = None
+    assert x.grad is not None and stem.pos_embed.grad is None  # no gradient from shifted (inter-video) encodings
+    stem(x).sum().backward()
+    assert stem.pos_embed.grad is not None and stem.pos_embed.grad.abs().sum() > 0
+
+
+def test_liir_bank_is_a_fifo_of_keys_with_video_ids():
+    from vlprop.train.methods.liir import LIIRNet
+
+    net = LIIRNet(TinyBackbone4(), dim=4, bank_size=5)
+    net.enqueue(torch.ones(3, 4), torch.tensor([7, 7, 8]))
+    net.enqueue(2 * torch.ones(3, 4), torch.tensor([9, 9, 9]))
+    assert net.bank_video.tolist() == [9, 7, 8, 9, 9] and int(net.bank_ptr) == 1
+    assert net.bank[:, 0].tolist() == [2.0, 1.0, 1.0, 2.0, 2.0]
+
+
+def test_liir_second_stage_lowers_the_lr_and_adds_negatives_and_compactness(clips, tmp_path):
+    cfg = tiny("liir", clips, tmp_path / "run", iters=5, radius=2, stage1_iters=3, bank_frames=4, bank_points=2)
+    trainer = Trainer(cfg, backbone=TinyBackbone4())
+    hist = trainer.fit().history
+    assert [round(h.values["lr"], 6) for h in hist] == [1e-3, 1e-3, 1e-3, 1e-4, 1e-4]
+    assert [h.values["compact"] > 0 for h in hist] == [False, False, False, True, True]
+    core = trainer.net.core
+    assert (core.bank_video >= 0).all()  # filled before stage 2 began (ceil(4 / 2) = 2 steps ahead)
+    # the EMA encoder moved towards the online one but is not equal to it
+    e = dict(core.ema.named_parameters())["backbone.body.0.weight"]
+    o = core.backbone.body[0].weight
+    assert not torch.equal(e, o) and (e - o).abs().max() < 1e-2
+
+
+def test_liir_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_path):
+    from PIL import Image
+
+    from vlprop.cli import main as vlprop_main
+
+    run = tmp_path / "run"
+    assert vlprop_main(["train", "liir", "--data", str(clips), "--out", str(run), "--iters", "1", "--batch", "2",
+                        "--crop", "32", "--bank-frames", "4", "--workers", "0", "--holdout", "0", "--no-progress",
+                        "--no-tensorboard"]) == 0
+    obj = torch.load(run / "last.pt", weights_only=True)
+    assert (obj["arch"], obj["layer"], obj["stride"]) == ("liir_resnet18", "head", 4)
+    assert "relu.pos_embed" in obj["state_dict"] and not any(k.startswith("ema") for k in obj["state_dict"])
+    mask = np.zeros((64, 64), np.uint8)
+    mask[21:37, 12:28] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "masks"
+    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
+                        "--weights", str(run), "--layer", "head", "--stride", "4", "--set", "topk=0",
+                        "--set", "window=square", "--quiet"]) == 0
+    assert len(list(out.glob("*.png"))) == 12

@@ -227,10 +227,14 @@ class TrainResult:
     skipped_videos: dict[str, int] = field(default_factory=dict)
 
 
-def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of the base learning rate after ``i`` optimiser steps."""
+def lr_factor(cfg: TrainConfig, method=None) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``i`` optimiser steps (times the method's own
+    multiplier, e.g. LIIR's second stage)."""
 
     def f(i: int) -> float:
+        return sched(i) * (method.lr_multiplier(i) if method is not None else 1.0)
+
+    def sched(i: int) -> float:
         warm = min(1.0, (i + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
         if cfg.lr_schedule == "cosine":
             return warm * 0.5 * (1 + math.cos(math.pi * min(i, cfg.iters) / cfg.iters))
@@ -351,6 +355,7 @@ class Trainer:
             raise InputError(f"--batch {cfg.batch} must be divisible by accumulation steps x processes "
                              f"({cfg.accum} x {self.dist.world_size})")
         self.method = cfg.method_class()(cfg.method_config())
+        self.method.bind_run(cfg.iters, cfg.batch)
         self.aux_cfg = cfg.aux_config()
 
         # ---- model (built before the data: the clips are normalised with the backbone's preprocessing)
@@ -387,7 +392,7 @@ class Trainer:
 
         self.net.to(self.device)
         self.optimizer = self.method.build_optimizer(self.net, cfg.lr, cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.method))
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
@@ -525,6 +530,7 @@ class Trainer:
         """One optimiser step over ``accum`` micro-batches drawn from the iterator ``batches``."""
         cfg = self.cfg
         self.model.train()
+        self.method.current_step = self.step  # completed steps: stage switches are exact on resume
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for m in range(cfg.accum):

@@ -108,6 +108,13 @@ class TrainingMethod:
         beta1 = float(getattr(self.cfg, "beta1", 0.9))
         return torch.optim.Adam(self.parameter_groups(net, lr, weight_decay), lr=lr, betas=(beta1, 0.999))
 
+    def bind_run(self, iters: int, batch: int) -> None:
+        """Told the run's length and global batch before training (e.g. for schedules in fractions)."""
+
+    def lr_multiplier(self, step: int) -> float:
+        """Factor on the trainer's learning-rate schedule after ``step`` steps (e.g. LIIR's stage 2)."""
+        return 1.0
+
     def after_step(self, net: nn.Module, step: int) -> None:
         """Called after every optimiser step (``net`` unwrapped): moving averages, queues."""
 

@@ -104,6 +104,22 @@ def reconstruction_terms(feats: torch.Tensor, target: torch.Tensor, radius: int,
     return v_hat, A, logits, vals
 
 
+def embedding_backbone_kwargs(kw: dict, arch: str, native: str, embed_dim: int) -> dict:
+    """``create_backbone`` arguments of a stride-4 embedding method: the paper trunk ``native`` with its
+    own 3x3 head (``layer="head"``, ``head_dim``); another family's ``head`` is not that embedding, so
+    it trains on its deepest trunk layer (ResNet ``res4``) and :class:`EmbeddingNet` adds the head."""
+    kw = dict(kw)
+    if arch == native:
+        kw["head_dim"] = embed_dim
+    elif kw.get("layer") == "head":
+        kw.pop("layer")
+        from vlprop.backbones.registry import backbone_factory
+
+        if "res4" in (getattr(backbone_factory(arch), "layers", None) or ()):
+            kw["layer"] = "res4"
+    return kw
+
+
 @register_method
 class MAST(TrainingMethod):
     """MAST training objective (see the module docstring)."""
@@ -121,18 +137,7 @@ class MAST(TrainingMethod):
         return self.cfg.refs + 1
 
     def backbone_kwargs(self, arch: str) -> dict:
-        kw = super().backbone_kwargs(arch)
-        if arch == "mast_resnet18":
-            kw["head_dim"] = self.cfg.embed_dim
-        if arch != "mast_resnet18" and kw.get("layer") == "head":
-            # Another family's "head" is not MAST's 3x3 embedding: train on its deepest trunk layer
-            # and let EmbeddingNet add the 64-d head.
-            kw.pop("layer")
-            from vlprop.backbones.registry import backbone_factory
-
-            if "res4" in (getattr(backbone_factory(arch), "layers", None) or ()):
-                kw["layer"] = "res4"
-        return kw
+        return embedding_backbone_kwargs(super().backbone_kwargs(arch), arch, "mast_resnet18", self.cfg.embed_dim)
 
     def input_preprocessing(self, backbone_preprocessing):
         return LAB  # the paper's input: normalised Lab (needed by the channel dropout)
