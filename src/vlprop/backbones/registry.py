@@ -30,7 +30,7 @@ _REGISTRY: dict[str, Factory] = {}
 
 # Modules whose import registers the built-in backbones. Imported lazily so that
 # ``create_backbone`` works even when only this module was imported.
-_BUILTIN_MODULES = ("vlprop.backbones.resnet", "vlprop.backbones.liir")
+_BUILTIN_MODULES = ("vlprop.backbones.resnet", "vlprop.backbones.liir", "vlprop.backbones.stt")
 
 
 def _ensure_builtins() -> None:

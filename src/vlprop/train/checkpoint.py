@@ -61,7 +61,8 @@ def model_checkpoint(net: nn.Module, meta: Mapping[str, Any] | None = None) -> d
         "format": "vlprop",
         "version": FORMAT_VERSION,
         "arch": arch,
-        "layer": getattr(backbone, "layer", "res4"),
+        # the layer propagation uses (a method may train deeper layers than it exports, e.g. STT)
+        "layer": (dict(meta or {}).get("export") or {}).get("layer") or getattr(backbone, "layer", "res4"),
         "stride": int(backbone.stride),
         "padding_mode": getattr(backbone, "padding_mode", "zeros"),
         "head_dim": int(getattr(net, "key_dim", 0)) or None,
