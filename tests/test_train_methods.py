@@ -50,6 +50,41 @@ class TinyBackbone4(nn.Module):
         return self.body(x)
 
 
+class TinySTTBackbone(nn.Module):
+    """Stand-in for stt_resnet18: levels res2 (stride 4), res3 (stride 8), res4 (stride 32)."""
+
+    arch = "tiny-stt"
+    layer = "res4"
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.stride, self.out_dim = 8, 16
+
+        def block(cin, cout, s):
+            conv = nn.Conv2d(cin, cout, 3, stride=s, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / (9 * cin)) ** 0.5)
+                conv.bias.zero_()
+            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.s4 = nn.Sequential(block(3, 8, 2), block(8, 16, 2))
+        self.s8 = block(16, 16, 2)
+        self.s32 = block(16, 16, 2)
+        self.l4_stride = 2
+
+    def set_layer4_stride(self, s: int) -> None:
+        self.s32[0].stride = (s, s)
+
+    def forward_layers(self, x):
+        a = self.s4(x)
+        b = self.s8(a)
+        return {"res2": a, "res3": b, "res4": self.s32(b)}
+
+    def forward(self, x):
+        return self.forward_layers(x)["res4"]
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("clips"), videos=4, frames=12, size=64)
@@ -203,6 +238,8 @@ METHOD_TINY = {
     # stage 2 (negatives + compactness) starts at 30/35 of the run: step 26 of 30, step 5 of 6 (resume test)
     "liir": dict(backbone=TinyBackbone4, opts=dict(radius=2, bank_frames=4, bank_points=2),
                  train=dict(lr=3e-3, batch=4), ratio=0.95),
+    "stt": dict(backbone=TinySTTBackbone, opts=dict(crop=64, radius0=4, radius1=2, teacher_weights="random"),
+                train=dict(lr=3e-3, batch=4), ratio=0.95),
 }
 
 
@@ -423,4 +460,91 @@ def test_liir_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_p
     assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
                         "--weights", str(run), "--layer", "head", "--stride", "4", "--set", "topk=0",
                         "--set", "window=square", "--quiet"]) == 0
+    assert len(list(out.glob("*.png"))) == 12
+
+
+# ----------------------------------------------------------------------------- Spatial-then-Temporal
+def test_stt_windowed_correlation_matches_a_naive_softmax_over_the_window():
+    from vlprop.train.methods.stt import local_correlation
+
+    g = torch.Generator().manual_seed(1)
+    ft, fr = torch.randn(1, 4, 3, 3, generator=g), torch.randn(1, 4, 3, 3, generator=g)
+    c = local_correlation(ft, fr, 1)
+    for i in range(9):
+        yi, xi = divmod(i, 3)
+        js = [j for j in range(9) if abs(j // 3 - yi) <= 1 and abs(j % 3 - xi) <= 1]
+        s = torch.tensor([float((ft[0, :, yi, xi] * fr[0, :, j // 3, j % 3]).sum()) / 2.0 for j in js])
+        want = torch.zeros(9)
+        want[js] = torch.softmax(s, 0)
+        assert torch.allclose(c[0, i], want, atol=1e-6)
+
+
+def test_stt_pseudo_label_is_the_2x2_average_over_reference_and_query_cells():
+    from vlprop.train.methods.stt import downsample_correlation
+
+    c0 = torch.softmax(torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(2)), -1)  # 4x4 grid
+    t = downsample_correlation(c0, 4, 4)
+    for I in range(4):
+        for J in range(4):
+            qi = [(2 * (I // 2) + a) * 4 + 2 * (I % 2) + b for a in range(2) for b in range(2)]
+            rj = [(2 * (J // 2) + a) * 4 + 2 * (J % 2) + b for a in range(2) for b in range(2)]
+            want = sum(float(c0[0, i, j]) for i in qi for j in rj) / 16
+            assert t[0, I, J].item() == pytest.approx(want, rel=1e-5)
+    assert torch.allclose(t.sum(-1), torch.full((1, 4), 0.25))          # the released code's 1/4 rows
+    assert torch.allclose(downsample_correlation(c0, 4, 4, "renorm").sum(-1), torch.ones(1, 4))
+
+
+def test_stt_entropy_selection_keeps_the_cells_above_the_flattened_threshold():
+    from vlprop.train.methods.stt import entropy_selection
+
+    g = torch.Generator().manual_seed(4)
+    ft, fr = torch.randn(1, 3, 3, 4, generator=g) * 2, torch.randn(1, 3, 3, 4, generator=g) * 2
+    m = entropy_selection(ft, fr, 1, keep=0.5)
+    H = []
+    for y in range(3):
+        for x in range(4):
+            cost = []
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy, xx = y + dy, x + dx
+                    inside = 0 <= yy < 3 and 0 <= xx < 4
+                    cost.append(float((ft[0, :, y, x] * fr[0, :, yy, xx]).sum()) if inside else 0.0)
+            p = torch.softmax(torch.tensor(cost, dtype=torch.float64), 0)
+            H.append(float((-torch.log(p + 1e-12)).sum()))
+    tau = sorted(H, reverse=True)[6 - 1]  # floor(0.5 * 12) = 6th largest
+    assert m[0].tolist() == [1.0 if h > tau else 0.0 for h in H] and m.sum() == 5
+
+
+def test_stt_distillation_losses_on_hand_examples():
+    from vlprop.train.methods.stt import global_distillation_loss, local_distillation_loss
+
+    c1 = torch.tensor([[[0.5, 0.5], [1.0, 0.0]]])
+    t = torch.full((1, 2, 2), 0.25)
+    # only query 0 selected: ((0.25)^2 + (0.25)^2) / (N_ref 2 * 1)
+    assert local_distillation_loss(c1, t, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.0625)
+    # student logits <st, sr_j> / sqrt(4) = [0, ln 3] -> [1/4, 3/4]; teacher equal logits -> [1/2, 1/2]
+    st = torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1)
+    sr = torch.zeros(1, 4, 1, 2)
+    sr[0, 0, 0, 1] = 2 * math.log(3)
+    tt, tr = torch.ones(1, 2, 1, 1), torch.ones(1, 2, 1, 2)
+    assert global_distillation_loss(st, sr, tt, tr, 0.07).item() == pytest.approx(0.0625)
+
+
+def test_stt_run_exports_res3_at_stride_8_and_loads_into_vlprop_propagate(clips, tmp_path):
+    from PIL import Image
+
+    from vlprop.cli import main as vlprop_main
+
+    run = tmp_path / "run"
+    assert vlprop_main(["train", "stt", "--data", str(clips), "--out", str(run), "--iters", "1", "--batch", "2",
+                        "--crop", "64", "--teacher-weights", "random", "--workers", "0", "--holdout", "0",
+                        "--no-progress", "--no-tensorboard"]) == 0
+    obj = torch.load(run / "last.pt", weights_only=True)
+    assert (obj["arch"], obj["layer"], obj["stride"]) == ("stt_resnet18", "res3", 8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[21:37, 12:28] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "masks"
+    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
+                        "--weights", str(run), "--layer", "res3", "--stride", "8", "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == 12
