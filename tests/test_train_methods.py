@@ -548,3 +548,65 @@ def test_stt_run_exports_res3_at_stride_8_and_loads_into_vlprop_propagate(clips,
     assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
                         "--weights", str(run), "--layer", "res3", "--stride", "8", "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == 12
+
+
+# ----------------------------------------------------------------------------- DDP
+def _mast_ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    import json
+    import os
+    import traceback
+
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        rec: list = []
+        cb = lambda tr, step, v: rec.append({"loss": v["loss"], "grad": torch.cat(  # noqa: E731
+            [p.grad.flatten() for p in tr.net.parameters() if p.grad is not None]).tolist()})
+        Trainer(tiny("mast", Path(data), Path(out), iters=2, batch=4, radius=2), backbone=TinyBackbone4(),
+                callbacks=[cb]).fit()
+        if rank == 0:
+            Path(out, "record.json").write_text(json.dumps(rec))
+    except BaseException:
+        Path(out, f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_two_process_mast_ddp_matches_one_process(clips, tmp_path):
+    import json
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    single: list = []
+    cb = lambda tr, step, v: single.append({"loss": v["loss"], "grad": torch.cat(  # noqa: E731
+        [p.grad.flatten() for p in tr.net.parameters() if p.grad is not None])})
+    Trainer(tiny("mast", clips, tmp_path / "single", iters=2, batch=4, radius=2), backbone=TinyBackbone4(),
+            callbacks=[cb]).fit()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    out.mkdir()
+    ctx = mp.start_processes(_mast_ddp_worker, args=(2, port, str(clips), str(out)), nprocs=2, join=False,
+                             start_method="fork")
+    deadline = time.time() + 120
+    try:
+        while not ctx.join(timeout=1):
+            assert time.time() < deadline, "DDP workers timed out"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    errors = list(out.glob("error*.txt"))
+    assert not errors, errors[0].read_text()
+    ddp = json.loads((out / "record.json").read_text())
+    for s_, d in zip(single, ddp):
+        assert d["loss"] == pytest.approx(s_["loss"], rel=1e-5)
+        gd = torch.tensor(d["grad"])
+        assert (s_["grad"] - gd).abs().max() <= 1e-3 * s_["grad"].abs().max()

@@ -69,8 +69,11 @@ class STTConfig:
     beta: float = field(default=50.0, metadata=_h("weight of the global correlation distillation"))
     keep: float = field(default=0.7, metadata=_h("entropy selection: fraction T of query cells kept"))
     distill_norm: str = field(default="official", metadata=_h("pseudo-label rows: official (sum 1/4) or renorm"))
-    teacher_arch: str = field(default="resnet18", metadata=_h("frozen teacher backbone (spatial step)"))
-    teacher_weights: str = field(default="imagenet", metadata=_h("teacher weights: imagenet or a checkpoint"))
+    teacher_weights: str = field(default="default", metadata=_h(
+        "frozen teacher (spatial step): imagenet, a named model (default = the shipped vlprop ResNet-18), "
+        "a checkpoint or a run folder"))
+    teacher_arch: str = field(default="", metadata=_h("teacher backbone (default: the checkpoint's, else resnet18)"))
+    teacher_layer: str = field(default="", metadata=_h("teacher layer at stride 32 (default res4 / stage6)"))
     teacher_tau: float = field(default=0.07, metadata=_h("teacher softmax temperature"))
     loss_scale: float = field(default=20.0, metadata=_h("smooth-L1 on values scaled by this factor"))
     beta1: float = field(default=0.9, metadata=_h("Adam beta1"))
@@ -227,26 +230,35 @@ class STT(TrainingMethod):
         return {"rgb": torch.stack(out), "drop": torch.tensor(1 + int(rng.integers(2)))}
 
     def build(self, backbone: nn.Module) -> STTNet:
+        backbone.set_layer4_stride(4)
+        return STTNet(backbone, self.build_teacher())
+
+    def build_teacher(self) -> nn.Module:
+        """The frozen teacher at output stride 32 (its deepest ResNet / EfficientNet layer by default)."""
         from vlprop.backbones import create_backbone
         from vlprop.backbones.registry import backbone_factory
+        from vlprop.model import named_model, recorded_arch, resolve_weights
 
-        backbone.set_layer4_stride(4)
         c = self.cfg
-        layers = getattr(backbone_factory(c.teacher_arch), "layers", None)
-        strides = getattr(backbone_factory(c.teacher_arch), "strides", None)
+        nm = named_model(c.teacher_weights) if c.teacher_weights not in ("imagenet", "random") else None
+        arch = c.teacher_arch or (nm.backbone if nm else None) or recorded_arch(c.teacher_weights) or "resnet18"
+        weights = resolve_weights(c.teacher_weights)
+        layers = getattr(backbone_factory(arch), "layers", None)
+        strides = getattr(backbone_factory(arch), "strides", None)
         kw = {}
-        if layers is None or "res4" in layers:
-            kw["layer"] = "res4"
+        layer = c.teacher_layer or next((n for n in ("res4", "stage6") if layers is None or n in layers), "")
+        if layer:
+            kw["layer"] = layer
         if strides is None or 32 in strides:
             kw["stride"] = 32
-        if c.teacher_weights == "imagenet":
+        if weights == "imagenet":
             from ..trainer import _check_imagenet_available
 
-            _check_imagenet_available(c.teacher_arch)
-        teacher = create_backbone(c.teacher_arch, weights=c.teacher_weights, **kw)
+            _check_imagenet_available(arch)
+        teacher = create_backbone(arch, weights=weights, **kw)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        return STTNet(backbone, teacher)
+        return teacher.eval()
 
     def loss(self, net: nn.Module, batch) -> dict[str, torch.Tensor]:
         from ..augment import normalize
