@@ -610,3 +610,24 @@ def test_two_process_mast_ddp_matches_one_process(clips, tmp_path):
         assert d["loss"] == pytest.approx(s_["loss"], rel=1e-5)
         gd = torch.tensor(d["grad"])
         assert (s_["grad"] - gd).abs().max() <= 1e-3 * s_["grad"].abs().max()
+
+
+def test_validation_propagates_with_the_method_protocol_and_stt_exported_layer(tmp_path):
+    from vlprop.backbones import create_backbone
+    from vlprop.train.data import VideoEntry
+    from vlprop.train.methods.stt import STT, STTConfig
+    from vlprop.train.validation import _label_propagation_factory
+
+    root = tmp_path / "DAVIS"
+    (root / "JPEGImages" / "480p" / "s").mkdir(parents=True)
+    (root / "Annotations" / "480p" / "s").mkdir(parents=True)
+    entry = VideoEntry("s", root / "JPEGImages" / "480p" / "s", 2, (root / "x.jpg",))
+    export = STT().export()
+    v = _label_propagation_factory([entry], {"val_preset": export["preset"], "val_settings": export["settings"]})
+    prop = v.preset.propagation
+    assert (prop.window, prop.radius, prop.temperature, prop.topk, prop.context) == ("square", 12, 0.07, 10, 20)
+    net = STT(STTConfig(teacher_weights="random")).build(create_backbone("stt_resnet18", layer="res4"))
+    view = net.propagation_backbone
+    assert (view.stride, view.out_dim) == (8, 256)
+    with torch.no_grad():
+        assert view(torch.randn(1, 3, 64, 64)).shape == (1, 256, 8, 8)

@@ -167,6 +167,25 @@ class STTNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.backbone.forward_layers(x)
 
+    @property
+    def propagation_backbone(self) -> nn.Module:
+        """What label propagation uses during validation: the stride-8 ``res3`` (paper res4)."""
+        return LayerView(self.backbone, "res3", 8)
+
+
+class LayerView(nn.Module):
+    """``forward(x) = trunk.forward_layers(x)[layer]`` with the backbone contract's attributes."""
+
+    def __init__(self, trunk: nn.Module, layer: str, stride: int):
+        super().__init__()
+        self.trunk = trunk
+        self.layer, self.stride = layer, int(stride)
+        self.out_dim = int(trunk.spec.stage_dim(layer)) if hasattr(trunk, "spec") else None
+        self.preprocessing = getattr(trunk, "preprocessing", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk.forward_layers(x)[self.layer]
+
 
 def _unwrap(net: nn.Module) -> nn.Module:
     net = getattr(net, "module", net)
