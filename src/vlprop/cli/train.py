@@ -98,7 +98,7 @@ def add_method_options(p: argparse.ArgumentParser, method) -> None:
             continue
         tp, is_bool, nargs = _field_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f.metadata.get("help", "") + ("" if default is None else f" (default {default})")
+        text = f.metadata.get("help", "") + ("" if default in (None, "") else f" (default {default})")
         if is_bool:
             g.add_argument(opt, dest=f.name, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
                            help=text)
