@@ -8,8 +8,8 @@
 #           is stt_resnet18 (STT's three-level student needs a ResNet layout).
 #
 # Budget: BUDGET of iteration time per run (default 2h; validation and checkpoints excluded), with --iters
-# set from the measured seconds/iteration so the lr schedules (and LIIR's stage switch at 30/35 of the
-# run) fall inside the budget. CPU deviations from the papers (crop, batch, bank size) are flags below;
+# set from 3 calibration steps at the same settings so the lr schedules (and LIIR's stage switch at
+# 30/35 of the run) fall inside the budget; --time-budget stops the run if the machine slows down. CPU deviations from the papers (crop, batch, bank size) are flags below;
 # the paper values are in `vlprop train METHOD --help`.
 #
 # Usage: bash benchmarks/train_methods.sh [r18|lite0|all] [OUT_ROOT]     (from the repository root)
@@ -23,19 +23,33 @@ export PYTHONPATH=${PYTHONPATH:-src}
 VLPROP="python -m vlprop"
 COMMON="--data $DATA --holdout 3 --val-every 500 --val-frames 30 --workers 1 --no-progress --time-budget $BUDGET"
 
-# iterations that fit the budget (measured s/iter on the 2-core CPU, see the report in the commit log)
-IT_DUL=${IT_DUL:-1000}     # batch 8 x 5 frames at 128 px
-IT_MAST=${IT_MAST:-1500}   # batch 4 pairs at 128 px, R=6 (paper: 256 px, batch 12)
-IT_LIIR=${IT_LIIR:-1200}   # batch 4 pairs at 128 px, bank 96 frames x 4 points (paper: 1440 x 4)
-IT_STT=${IT_STT:-1000}     # batch 4 pairs at 128 px (paper: 256 px, batch 64)
+budget_seconds() { python -c "import sys; t=sys.argv[1]; f={'s':1,'m':60,'h':3600}.get(t[-1]); print(float(t[:-1])*f if f else float(t))" "$1"; }
 
-train() {  # name method [args...]
+# --iters that fit the budget: 3 calibration steps at the run's exact settings (the median of steps 2-3 of
+# train.csv sec_per_iter), budget / rate. Set IT=N to skip the calibration.
+calibrate() {  # method [args...] -> prints iterations
+  local tmp
+  tmp=$(mktemp -d)
+  $VLPROP train "$@" --data "$DATA" --out "$tmp/run" --iters 3 --holdout 3 --workers 1 --no-progress \
+      --no-tensorboard --log-every 1 >/dev/null 2>&1
+  python - "$tmp/run/train.csv" "$(budget_seconds "$BUDGET")" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+rate = statistics.median(float(r["sec_per_iter"]) for r in rows[1:])
+print(max(10, int(float(sys.argv[2]) / rate)))
+PY
+  rm -rf "$tmp"
+}
+
+train() {  # name method [args...]   (iterations from $IT or the calibration)
   local name=$1; shift
   local out=$ROOT/$name
   if [ -f "$out/last.pt" ]; then
     $VLPROP train "$1" --resume "$out" --no-progress --time-budget "$BUDGET"
   else
-    $VLPROP train "$@" --out "$out" $COMMON
+    local iters=${IT:-$(calibrate "$@")}
+    echo "[train_methods] $name: --iters $iters (budget $BUDGET)" >&2
+    $VLPROP train "$@" --iters "$iters" --out "$out" $COMMON
   fi
 }
 
@@ -60,26 +74,26 @@ EVAL_LIIR8="--preset dul --set topk=0 --set temperature=1 --set feature_norm=fal
   --set radius=7 --set window_long_term=true --set context=5"
 
 if [ "$FAMILY" = r18 ] || [ "$FAMILY" = all ]; then
-  train dul-r18  dul  --iters $IT_DUL --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
+  train dul-r18  dul  --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
   evaluate dul-r18 $EVAL_DUL
-  train mast-r18 mast --iters $IT_MAST --batch 4 --crop 128
+  train mast-r18 mast --batch 4 --crop 128
   evaluate mast-r18 $EVAL_MAST
-  train liir-r18 liir --iters $IT_LIIR --batch 4 --crop 128 --bank-frames 96
+  train liir-r18 liir --batch 4 --crop 128 --bank-frames 96
   evaluate liir-r18 $EVAL_LIIR
-  train stt-r18  stt  --iters $IT_STT --batch 4 --crop 128 --lr 5e-5 --lr-schedule cosine --warmup 25 \
+  train stt-r18  stt  --batch 4 --crop 128 --lr 5e-5 --lr-schedule cosine --warmup 25 \
       --teacher-weights default
   evaluate stt-r18 $EVAL_STT
 fi
 
 if [ "$FAMILY" = lite0 ] || [ "$FAMILY" = all ]; then
   L0="--arch efficientnet_lite0 --init imagenet"
-  train dul-lite0  dul  $L0 --iters $IT_DUL --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
+  train dul-lite0  dul  $L0 --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
   evaluate dul-lite0 $EVAL_DUL --backbone efficientnet_lite0
-  train mast-lite0 mast $L0 --iters $IT_MAST --batch 4 --crop 128
+  train mast-lite0 mast $L0 --batch 4 --crop 128
   evaluate mast-lite0 $EVAL_MAST8 --backbone efficientnet_lite0
-  train liir-lite0 liir $L0 --iters $IT_LIIR --batch 4 --crop 128 --bank-frames 96
+  train liir-lite0 liir $L0 --batch 4 --crop 128 --bank-frames 96
   evaluate liir-lite0 $EVAL_LIIR8 --backbone efficientnet_lite0
-  train stt-lite0  stt  --iters $IT_STT --batch 4 --crop 128 --lr 5e-5 --lr-schedule cosine --warmup 25 \
+  train stt-lite0  stt  --batch 4 --crop 128 --lr 5e-5 --lr-schedule cosine --warmup 25 \
       --teacher-arch efficientnet_lite0 --teacher-weights imagenet
   evaluate stt-lite0 $EVAL_STT
 fi
