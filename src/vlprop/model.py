@@ -14,8 +14,8 @@ demo):
 * :class:`ModelSpec` — plain, picklable values (sent to worker processes); :meth:`ModelSpec.resolve` applies the
   precedence rules and :meth:`ResolvedModel.extractor` builds the :class:`~vlprop.backbones.FeatureExtractor`.
 
-Precedence (first that applies): backbone = explicit ``backbone`` > the named model's > the preset's
-``features.backbone`` > ``resnet18``; preset = explicit ``preset`` > the named model's > the task's default;
+Precedence (first that applies): backbone = explicit ``backbone`` > the named model's > the arch a vlprop
+checkpoint records > the preset's ``features.backbone`` > ``resnet18``; preset = explicit ``preset`` > the named model's > the task's default;
 feature layer / stride = explicit > the named model's > the preset's, where the preset's value is used only if
 the backbone family knows it (a preset's ResNet layer ``res3`` means nothing to a ViT, which then uses its own
 default).
@@ -125,6 +125,27 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path:
                      f"file or a training run folder; got {weights!r}")
 
 
+def recorded_arch(weights: Any) -> str | None:
+    """The backbone a vlprop checkpoint (file or training run folder) was saved for, if registered; else
+    ``None``. A file can only load into the arch it records, so this beats the preset's default."""
+    if weights is None or named_model(weights) is not None or weights in ("random", "imagenet"):
+        return None
+    try:
+        path = resolve_weights(weights)
+        if not isinstance(path, (str, Path)) or not Path(path).is_file():
+            return None
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not ours to judge here: loading reports a bad file with its reasons
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != "vlprop" or not isinstance(obj.get("arch"), str):
+        return None
+    from .backbones.registry import list_backbones
+
+    return obj["arch"] if obj["arch"] in list_backbones() else None
+
+
 def _factory_choices(backbone: str, attr: str) -> tuple | None:
     """Values a backbone family accepts for ``layer`` / ``stride`` (``None``: unknown, pass anything).
     Factories may also name their defaults (``factory.default_layer`` / ``default_stride``), which are then
@@ -217,8 +238,8 @@ class ModelSpec:
             from .config import KeypointConfig
 
             base = replace(base, keypoints=KeypointConfig())
-        backbone = (self.backbone or (nm.backbone if nm else None) or getattr(base.features, "backbone", None)
-                    or DEFAULT_BACKBONE)
+        backbone = (self.backbone or (nm.backbone if nm else None) or recorded_arch(self.weights)
+                    or getattr(base.features, "backbone", None) or DEFAULT_BACKBONE)
         backbone_factory(backbone)  # unknown name -> InputError listing the known ones
         if nm is not None and self.backbone is not None and self.backbone != nm.backbone:
             raise InputError(f"weights {self.weights!r} are the named model {nm.name!r} for backbone {nm.backbone!r}, "

@@ -34,8 +34,13 @@ _BUILTIN_MODULES = ("vlprop.backbones.resnet", "vlprop.backbones.efficientnet", 
 
 
 def _ensure_builtins() -> None:
-    for name in _BUILTIN_MODULES:
+    for name in _BUILTIN_MODULES + _TRAINED_LAYOUTS:
         importlib.import_module(name)
+
+
+# The trunks of the training methods whose layouts differ from the classification ResNets
+# (LIIR: position encoding after the stem; STT: stride in layer3 instead of the max-pool).
+_TRAINED_LAYOUTS = ("vlprop.backbones.liir", "vlprop.backbones.stt")
 
 
 @overload

@@ -5,12 +5,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from typing import Sequence
+import types
+import typing
+from typing import Any, Sequence
 
 from vlprop.errors import InputError
-from vlprop.train.trainer import METHODS, TrainConfig, config_from_namespace, run_training
+from vlprop.train.auxiliary import AUX_OBJECTIVES
+from vlprop.train.methods import get_method, method_names
+from vlprop.train.trainer import TrainConfig, config_from_namespace, run_training
 
 
 def _guard_run_folder(cfg: TrainConfig) -> None:
@@ -29,9 +34,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Add ``train`` and ``export`` to the ``vlprop`` sub-command parsers ``sub`` (``argparse._SubParsersAction``)."""
-    p = sub.add_parser("train", help="self-supervised feature learning from raw video (DUL)",
-                       description="Self-supervised training of dense correspondence features. "
-                                   "Multi-process: torchrun --nproc_per_node N -m vlprop.train dul ...",
+    p = sub.add_parser("train", help="self-supervised feature learning from raw video (" + ", ".join(method_names()) + ")",
+                       description="Self-supervised training of dense correspondence features: vlprop train METHOD "
+                                   "--data DIR --out RUN (see vlprop train METHOD --help for its paper defaults). "
+                                   "Multi-process: torchrun --nproc_per_node N -m vlprop.train METHOD ...",
                        argument_default=argparse.SUPPRESS)
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -79,47 +85,94 @@ def build_parser(prog: str = "vlprop train") -> argparse.ArgumentParser:
     return p
 
 
+def _option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(tp: Any) -> tuple[Any, bool, str | None]:
+    """(argparse type, is_bool, nargs) of a Config field annotation (``Optional[X]`` -> X,
+    ``tuple[X, ...]`` -> one or more X)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        elem = typing.get_args(tp)[0]
+        return (elem if elem in (int, float, str) else str), False, "+"
+    if tp is bool:
+        return None, True, None
+    if tp in (int, float, str):
+        return tp, False, None
+    return str, False, None
+
+
+def add_method_options(p: argparse.ArgumentParser, method) -> None:
+    """One ``--option`` per field of ``method.Config`` (help text from the field's metadata and its
+    paper default); booleans get ``--x`` / ``--no-x``."""
+    g = p.add_argument_group(f"{method.name} options (paper defaults)")
+    hints = typing.get_type_hints(method.Config)
+    common = {a for act in p._actions for a in act.option_strings}
+    for f in dataclasses.fields(method.Config):
+        opt = _option_name(f.name)
+        if opt in common:
+            continue
+        tp, is_bool, nargs = _field_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f.metadata.get("help", "") + ("" if default in (None, "") else f" (default {default})")
+        if is_bool:
+            g.add_argument(opt, dest=f.name, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction,
+                           help=text)
+        else:
+            g.add_argument(opt, dest=f.name, default=argparse.SUPPRESS, type=tp, nargs=nargs, help=text)
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``vlprop train`` arguments. Options default to SUPPRESS (absent from the namespace unless
-    given) so a resumed run can tell the user's explicit settings from its saved ones."""
+    """The ``vlprop train METHOD`` arguments: one sub-parser per registered method with the common
+    options and the method's own (from its ``Config``). Options default to SUPPRESS (absent from the
+    namespace unless given) so a resumed run can tell the user's explicit settings from its saved ones."""
+    sub = p.add_subparsers(dest="method", metavar="METHOD", required=True,
+                           help="training method: " + ", ".join(method_names()))
+    for name in method_names():
+        method = get_method(name)
+        m = sub.add_parser(name, help=method.summary, description=method.summary,
+                           argument_default=argparse.SUPPRESS)
+        _add_common_arguments(m, method)
+        add_method_options(m, method)
+
+
+def _add_common_arguments(p: argparse.ArgumentParser, method) -> None:
     d = TrainConfig()
+    md = method.defaults
     S = argparse.SUPPRESS
-    p.add_argument("method", choices=METHODS, help="training method")
     p.add_argument("--data", default=S, help="training videos: frame folders, DAVIS/YouTube-VOS root, or video files")
     p.add_argument("--out", default=S, help="run directory (checkpoints, logs)")
     p.add_argument("--resume", default=S, help="continue a run: its directory or a last.pt checkpoint")
     g = p.add_argument_group("schedule")
     g.add_argument("--iters", default=S, type=int, help=f"optimiser steps (default {d.iters})")
-    g.add_argument("--batch", default=S, type=int, help=f"global clips per step (default {d.batch})")
+    g.add_argument("--time-budget", default=S, dest="time_budget", type=_duration,
+                   help="stop (and checkpoint) after this much iteration time: seconds or 30m / 2h (default none)")
+    g.add_argument("--batch", default=S, type=int, help=f"global clips per step (paper default {md['batch']})")
     g.add_argument("--accum", default=S, type=int, help="gradient-accumulation micro-batches per step (default 1)")
-    g.add_argument("--lr", default=S, type=float, help=f"base learning rate (default {d.lr})")
-    g.add_argument("--weight-decay", default=S, dest="weight_decay", type=float, help=f"(default {d.weight_decay})")
+    g.add_argument("--lr", default=S, type=float, help=f"base learning rate (paper default {md['lr']})")
+    g.add_argument("--weight-decay", default=S, dest="weight_decay", type=float,
+                   help=f"(paper default {md['weight_decay']})")
     g.add_argument("--lr-schedule", default=S, dest="lr_schedule", choices=("constant", "cosine", "step"))
     g.add_argument("--lr-step", default=S, dest="lr_step", type=int)
     g.add_argument("--lr-gamma", default=S, dest="lr_gamma", type=float)
     g.add_argument("--warmup", default=S, type=int, help="linear warm-up steps (default 0)")
-    g = p.add_argument_group("clips")
-    g.add_argument("--frames", default=S, type=int, help=f"frames per clip T (default {d.frames})")
-    g.add_argument("--gap", default=S, type=int, help=f"DUL frame gap (default {d.gap})")
-    g.add_argument("--no-shuffle-frames", default=S, dest="shuffle_frames", action="store_false",
-                   help="keep temporal order (reference = first frame)")
-    g.add_argument("--crop", default=S, type=int, help=f"square crop size in pixels (default {d.crop})")
-    g.add_argument("--scale-min", default=S, dest="scale_min", type=int,
-                   help="smallest-side range for the clip rescale (default crop .. 1.25*crop)")
-    g.add_argument("--scale-max", default=S, dest="scale_max", type=int)
-    g.add_argument("--center-crop", default=S, dest="random_crop", action="store_false")
-    g.add_argument("--zoom-min", default=S, dest="zoom_min", type=float,
-                   help=f"view-B zoom lower bound (default {d.zoom_min})")
     g.add_argument("--holdout", default=S, type=int, help=f"videos held out for validation (default {d.holdout})")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default=S, help=f"backbone (default {d.arch})")
+    g.add_argument("--arch", default=S, help=f"backbone, any registered name (paper default {md['arch']})")
     g.add_argument("--init", default=S,
-                   help="backbone initialisation: random, imagenet or a checkpoint (default random)")
-    g.add_argument("--key-dim", default=S, dest="key_dim", type=int)
-    g.add_argument("--tau", default=S, type=float)
-    g.add_argument("--grid", default=S, type=int, help="anchor grid N (default 8)")
-    g.add_argument("--grid-ref", default=S, dest="grid_ref", type=int, help="cross-view grid M (default 4)")
-    g.add_argument("--cross-weight", default=S, dest="cross_weight", type=float, help="lambda (default 0.1)")
+                   help="backbone initialisation: random, imagenet (never downloaded) or a checkpoint (default random)")
+    g = p.add_argument_group("image auxiliary objective (McKee et al. 2022, UVC+)")
+    g.add_argument("--aux", default=S, choices=AUX_OBJECTIVES, help="auxiliary image objective (default none)")
+    g.add_argument("--aux-weight", default=S, dest="aux_weight", type=float,
+                   help=f"lambda (paper: 0.3 for rotation; default {d.aux_weight})")
+    g.add_argument("--aux-per-clip", default=S, dest="aux_per_clip", type=int,
+                   help=f"images per video clip (paper: image batch 64 / video batch 40; default {d.aux_per_clip})")
+    g.add_argument("--aux-size", default=S, dest="aux_size", type=int, help=f"image side in pixels (default {d.aux_size})")
+    g.add_argument("--aux-data", default=S, dest="aux_data",
+                   help="folder of images for the auxiliary objective (default: frames of the training videos)")
     g = p.add_argument_group("system")
     g.add_argument("--workers", default=S, type=int, help=f"data loader processes (default {d.workers})")
     g.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (default auto)")
@@ -137,6 +190,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", default=S, dest="log_every", type=int, help=f"(default {d.log_every})")
     g.add_argument("--no-progress", default=S, dest="progress", action="store_false")
     g.add_argument("--no-tensorboard", default=S, dest="tensorboard", action="store_false")
+
+
+def _duration(text: str) -> float:
+    """``"7200"``, ``"90s"``, ``"30m"`` or ``"2h"`` -> seconds."""
+    t = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 7200, 30m, 2h)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    return value
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

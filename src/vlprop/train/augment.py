@@ -134,10 +134,19 @@ def view_theta(vt: ViewTransform, height: int, width: int) -> torch.Tensor:
     return torch.tensor([[f * sx, 0.0, f * tx], [0.0, sy, ty]], dtype=torch.float32)
 
 
-def normalize(frames: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of float frames ``[..., 3, H, W]`` in ``[0, 1]``."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=frames.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=frames.dtype).view(3, 1, 1)
+def normalize(frames: torch.Tensor, preprocessing=None) -> torch.Tensor:
+    """Network input from float sRGB frames ``[..., 3, H, W]`` in ``[0, 1]``: the colour conversion and
+    mean/std of ``preprocessing`` (a :class:`vlprop.backbones.Preprocessing`, i.e. the backbone's
+    ``net.preprocessing``); ``None`` = ImageNet mean/std on RGB."""
+    if preprocessing is None:
+        mean_v, std_v = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        from vlprop.backbones.colorspace import convert_colorspace
+
+        frames = convert_colorspace(frames, preprocessing.colorspace)
+        mean_v, std_v = preprocessing.mean, preprocessing.std
+    mean = torch.tensor(mean_v, dtype=frames.dtype).view(3, 1, 1)
+    std = torch.tensor(std_v, dtype=frames.dtype).view(3, 1, 1)
     return (frames - mean) / std
 
 
@@ -168,13 +177,15 @@ def shared_transform(images: list[Image.Image], rng: np.random.Generator, cfg: A
     return x.contiguous()
 
 
-def augment_clip(images: list[Image.Image], rng: np.random.Generator, cfg: AugmentConfig) -> dict[str, torch.Tensor]:
+def augment_clip(images: list[Image.Image], rng: np.random.Generator, cfg: AugmentConfig,
+                 preprocessing=None) -> dict[str, torch.Tensor]:
     """Build DUL's two views of a clip.
 
-    Returns ``view_a`` and ``view_b`` (ImageNet-normalised float32 ``[T, 3, crop, crop]``) and
+    Returns ``view_a`` and ``view_b`` (float32 ``[T, 3, crop, crop]`` normalised by :func:`normalize`
+    with ``preprocessing``, default ImageNet) and
     ``theta`` (float32 ``[2, 3]``, view-B -> view-A normalised coordinates).
     """
     a = shared_transform(images, rng, cfg)
     vt = sample_view_transform(cfg.crop, cfg.crop, rng, cfg)
     b = apply_view_transform(a, vt)
-    return {"view_a": normalize(a), "view_b": normalize(b), "theta": view_theta(vt, cfg.crop, cfg.crop)}
+    return {"view_a": normalize(a, preprocessing), "view_b": normalize(b, preprocessing), "theta": view_theta(vt, cfg.crop, cfg.crop)}

@@ -22,6 +22,7 @@ value or a tensor, so the file loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -61,7 +62,8 @@ def model_checkpoint(net: nn.Module, meta: Mapping[str, Any] | None = None) -> d
         "format": "vlprop",
         "version": FORMAT_VERSION,
         "arch": arch,
-        "layer": getattr(backbone, "layer", "res4"),
+        # the layer propagation uses (a method may train deeper layers than it exports, e.g. STT)
+        "layer": (dict(meta or {}).get("export") or {}).get("layer") or getattr(backbone, "layer", "res4"),
         "stride": int(backbone.stride),
         "padding_mode": getattr(backbone, "padding_mode", "zeros"),
         "head_dim": int(getattr(net, "key_dim", 0)) or None,
@@ -71,6 +73,9 @@ def model_checkpoint(net: nn.Module, meta: Mapping[str, Any] | None = None) -> d
     }
     if obj["head_dim"] is None:
         del obj["head_dim"]
+    pre = getattr(backbone, "preprocessing", None)
+    if pre is not None:  # the input the weights were trained on (read back by the backbones loader)
+        obj["preprocessing"] = dataclasses.asdict(pre)
     return obj
 
 

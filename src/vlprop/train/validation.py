@@ -141,7 +141,7 @@ class LabelPropagationValidator:
     ``jf_J`` and ``jf_F``.
     """
 
-    def __init__(self, sequences: Sequence[tuple[VideoEntry, Path]], preset: str = "dul",
+    def __init__(self, sequences: Sequence[tuple[VideoEntry, Path]], preset="dul",
                  max_frames: int | None = 30, batch_size: int = 4):
         if not sequences:
             raise ValueError("no annotated held-out sequences")
@@ -170,7 +170,9 @@ class LabelPropagationValidator:
         from vlprop.model import extractor_for_network
         from vlprop.session import Propagator
 
-        extractor = extractor_for_network(ctx.net.backbone, get_preset(self.preset), device=ctx.device,
+        # A method may train more than it propagates with (STT: its res3 of a deeper trunk).
+        net = getattr(ctx.net, "propagation_backbone", None) or ctx.net.backbone
+        extractor = extractor_for_network(net, get_preset(self.preset), device=ctx.device,
                                           batch_size=self.batch_size)
         js, fs = [], []
         for entry, ann in self.sequences:
@@ -188,7 +190,11 @@ def _label_propagation_factory(holdout: Sequence[VideoEntry], config: Mapping[st
     seqs = [(e, a) for e in holdout if (a := annotation_dir(e)) is not None]
     if not seqs:
         return None
-    return LabelPropagationValidator(seqs, max_frames=config.get("val_frames", 30))
+    from vlprop.config import get_preset
+
+    # the evaluation protocol of the run's method (its export(): preset + settings)
+    preset = get_preset(config.get("val_preset", "dul"), **dict(config.get("val_settings") or {}))
+    return LabelPropagationValidator(seqs, preset=preset, max_frames=config.get("val_frames", 30))
 
 
 register_validator_factory("label_propagation", _label_propagation_factory)

@@ -27,7 +27,8 @@ nearest sampling, ``K/(B*N^2)`` of the cost); the teacher's pseudo labels use on
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -36,21 +37,43 @@ import torch.nn.functional as F
 
 from vlprop.errors import InputError
 
+from ..augment import AugmentConfig, augment_clip
+from ..data import read_clip, sample_clip_indices
 from ..distributed import gather_cat, is_distributed
+from . import TrainingMethod, register_method
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class DULConfig:
-    """DUL hyper-parameters (paper / reference defaults)."""
+    """DUL hyper-parameters (paper / reference defaults; the crop is the YouTube-VOS 256)."""
 
-    key_dim: int = 128
-    tau: float = 0.05
-    grid: int = 8          # N: anchors per side on the reference frame
-    grid_ref: int = 4      # M: cross-view points per side
-    cross_weight: float = 0.1  # lambda
+    key_dim: int = field(default=128, metadata=_h("key (embedding) channels"))
+    tau: float = field(default=0.05, metadata=_h("softmax temperature"))
+    grid: int = field(default=8, metadata=_h("anchor grid N per side on the reference frame"))
+    grid_ref: int = field(default=4, metadata=_h("cross-view grid M per side"))
+    cross_weight: float = field(default=0.1, metadata=_h("lambda of the cross-view term"))
+    frames: int = field(default=5, metadata=_h("frames per clip T"))
+    gap: int = field(default=5, metadata=_h("DUL FRAME_GAP: clip window gap*T frames"))
+    shuffle_frames: bool = field(default=True, metadata=_h("random frame order (reference = a random frame)"))
+    crop: int = field(default=256, metadata=_h("square crop in pixels"))
+    scale_min: Optional[int] = field(default=None, metadata=_h("smallest-side range lower bound (default crop)"))
+    scale_max: Optional[int] = field(default=None, metadata=_h("smallest-side upper bound (default 1.25*crop)"))
+    random_crop: bool = field(default=True, metadata=_h("random (else centre) crop"))
+    zoom_min: float = field(default=0.5, metadata=_h("view-B zoom s ~ U[zoom_min, 1]"))
+    beta1: float = field(default=0.5, metadata=_h("Adam beta1"))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def augment(self) -> AugmentConfig:
+        lo = self.scale_min if self.scale_min is not None else self.crop
+        hi = self.scale_max if self.scale_max is not None else max(lo, int(round(1.25 * self.crop)))
+        return AugmentConfig(crop=self.crop, smallest_range=(lo, hi), random_crop=self.random_crop,
+                             zoom_range=(self.zoom_min, 1.0) if self.zoom_min < 1 else None)
 
 
 class DULHead(nn.Sequential):
@@ -161,7 +184,8 @@ def cross_view_loss(ref_a: torch.Tensor, ref_b: torch.Tensor, index: torch.Tenso
 
 
 # --------------------------------------------------------------------------- the method
-class DUL:
+@register_method
+class DUL(TrainingMethod):
     """DUL training objective. ``loss(net, batch)`` -> dict with ``loss`` (to minimise), ``temp``, ``cross``.
 
     ``net`` maps frames ``[n, 3, H, W]`` to L2-normalised keys (a :class:`DULNet`, possibly wrapped in
@@ -172,12 +196,44 @@ class DUL:
     """
 
     name = "dul"
+    summary = "DUL: space-time self-training with two views (Araslanov et al., NeurIPS 2021)"
+    Config = DULConfig
+    defaults = {"arch": "resnet18", "batch": 8, "lr": 1e-4, "weight_decay": 5e-4}
+    stride, layer = 8, "res4"
 
     def __init__(self, config: DULConfig | None = None):
-        self.cfg = config or DULConfig()
+        super().__init__(config or DULConfig())
+
+    def min_frames(self) -> int:
+        return self.cfg.frames
+
+    def validate(self) -> None:
+        if self.cfg.frames < 2:
+            raise InputError("DUL needs at least 2 frames per clip (--frames)")
+        if self.cfg.gap < 1:
+            raise InputError(f"gap must be >= 1, got {self.cfg.gap}")
+        self.cfg.augment()  # checks crop / scale / zoom
+
+    def sample(self, entry, rng, preprocessing, train: bool = True) -> dict[str, torch.Tensor]:
+        """DUL's rule: ``T`` frames ``min(n, gap*T)//T`` apart, shuffled; two views of one shared
+        transform (see :func:`vlprop.train.augment.augment_clip`) and 4 anchor-grid offsets."""
+        aug = self.cfg.augment()
+        if not train:
+            aug = replace(aug, random_crop=False)
+        ids = sample_clip_indices(entry.num_frames, self.cfg.frames, self.cfg.gap, rng, self.cfg.shuffle_frames)
+        images = read_clip(entry, ids, draft=aug.scale_range[1])
+        item = augment_clip(images, rng, aug, preprocessing)
+        item["anchor_u"] = torch.from_numpy(rng.random(4)).float()
+        return item
 
     def build(self, backbone: nn.Module) -> DULNet:
         return DULNet(backbone, self.cfg.key_dim)
+
+    def parameter_groups(self, net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        return parameter_groups(net, lr, weight_decay)
+
+    def export(self) -> dict:
+        return {"preset": "dul", "settings": {}}
 
     def loss(self, net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         cfg = self.cfg
