@@ -98,12 +98,12 @@ def _translating_texture(path, T=6, H=64, W=64, step=2):
     return xy, occ
 
 
-def test_eval_points_tracks_a_translating_texture_with_the_default_model(tmp_path, capsys):
+def test_eval_points_tracks_a_translating_texture_with_the_shipped_dul_model(tmp_path, capsys):
     pkl = tmp_path / "tapvid_synthetic.pkl"
     xy, occ = _translating_texture(pkl)
     out = tmp_path / "out"
     assert _cli(["points", "--dataset", "tapvid", "--root", str(pkl), "--out", str(out), "--resize", "native",
-                 "--weights", "default", "--quiet"]) == 0
+                 "--weights", "vlprop-dul-r18", "--quiet"]) == 0
     assert "| shift | 5 |" in capsys.readouterr().out
     doc = json.loads((out / "points.json").read_text())
     o = doc["overall"]
@@ -112,7 +112,7 @@ def test_eval_points_tracks_a_translating_texture_with_the_default_model(tmp_pat
     base = tapvid_metrics(to_benchmark_pixels(xy, (64, 64)), occ, to_benchmark_pixels(static, (64, 64)),
                           np.zeros_like(occ))
     assert base["average_pts_within_thresh"] < 0.3
-    print("translating texture, default model: AJ %.1f, δ_avg %.1f, OA %.1f (static baseline δ_avg %.1f)"
+    print("translating texture, shipped DUL model: AJ %.1f, δ_avg %.1f, OA %.1f (static baseline δ_avg %.1f)"
           % (o["AJ"], o["δ_avg"], o["OA"], 100 * base["average_pts_within_thresh"]))
     assert o["δ_avg"] > 70.0 and o["AJ"] > 55.0
     assert doc["videos"][0]["passes"] == 2 and doc["protocol"]["pck"] is None

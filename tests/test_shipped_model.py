@@ -1,4 +1,4 @@
-"""The model shipped in the package: it is the file its model card describes, it is the default, it works."""
+"""The models vlprop ships: the DUL ResNet-18 file its model card describes, and the default model."""
 from __future__ import annotations
 
 import hashlib
@@ -22,14 +22,23 @@ def test_shipped_weights_are_the_file_the_model_card_describes():
     digest = re.search(r"SHA-256 `([0-9a-f]{64})`", card).group(1)
     assert hashlib.sha256(SHIPPED.read_bytes()).hexdigest() == digest
     assert SHIPPED.stat().st_size <= 25 * 2 ** 20
-    assert resolve_weights("default") == SHIPPED and resolve_weights(None) == SHIPPED
+    assert resolve_weights("vlprop-dul-r18") == SHIPPED
+
+
+def test_the_default_model_is_the_imagenet_efficientnet_chosen_on_val_dev():
+    from vlprop.model import ModelSpec
+
+    r = ModelSpec().resolve()
+    assert (r.backbone, r.weights, r.layer, r.stride, r.preset.name) == \
+        ("efficientnet_lite0", "imagenet", "stage4", 8, "crw")
+    assert resolve_weights(None) == resolve_weights("default") == "imagenet"
 
 
 def test_shipped_model_is_float16_and_loads_as_a_float32_backbone():
     blob = torch.load(SHIPPED, map_location="cpu", weights_only=True)
     tensors = [v for v in _tensors(blob) if v.is_floating_point()]
     assert tensors and all(v.dtype == torch.float16 for v in tensors)
-    prop = Propagator(preset="dul", weights="default")
+    prop = Propagator(preset="dul", weights="vlprop-dul-r18")
     params = list(prop.extractor.net.parameters())
     assert params and all(p.dtype == torch.float32 for p in params)
     assert prop.weights == SHIPPED
@@ -48,7 +57,7 @@ def test_shipped_model_tracks_the_demo_shapes():
     mean IoU 0.96 / 0.94 for the two shapes; the bound leaves room for BLAS differences, not for a broken
     model (a random-init network scores 0.86 / 0.90 over 16 frames with a worst frame of 0.55)."""
     vid = synthetic_video(num_frames=8, height=240, width=320, seed=0)
-    prop = Propagator(preset="dul", weights="default", input_scale=2)
+    prop = Propagator(preset="dul", weights="vlprop-dul-r18", input_scale=2)
     ious = {i: [] for i in vid.ids}
     for t, mask in prop.propagate(list(vid.frames), masks={0: vid.masks[0]}):
         if t > 0:

