@@ -74,8 +74,37 @@ def naive_step(cfg: PropagationConfig, q, ctx_feats, ctx_labels, restricted):
     return out.t().reshape(-1, h, w)
 
 
+def naive_label_norm(labels, mode):
+    """Spec of ``label_norm``: per channel over space (channels summing to 0 untouched; WALD/UVC) or per
+    location over channels (CRW ``--norm_mask``), written with explicit loops."""
+    out = labels.clone()
+    C, h, w = labels.shape
+    if mode == "channel-minmax":
+        for c in range(C):
+            x = labels[c]
+            if float(x.sum()) != 0.0:
+                out[c] = (x - x.min()) / (x.max() - x.min())
+    elif mode == "pixel-minmax":
+        for i in range(h):
+            for j in range(w):
+                v = labels[:, i, j]
+                out[:, i, j] = (v - v.min()) / (v.max() - v.min())
+    return out
+
+
+def naive_one_hot(labels):
+    """Hard labels: 1 in the channel of the per-location maximum (first maximum on ties)."""
+    C, h, w = labels.shape
+    out = torch.zeros_like(labels)
+    for i in range(h):
+        for j in range(w):
+            out[int(torch.argmax(labels[:, i, j])), i, j] = 1.0
+    return out
+
+
 def naive_video(cfg, feats, labels0):
-    """Propagate through feats [T,D,h,w]: context = first frame + `context` previous frames."""
+    """Propagate through feats [T,D,h,w]: context = first frame + `context` previous frames. Each prediction is
+    label-normalised (returned and stored) and, with ``requantize``, stored as one-hot."""
     preds = [labels0]
     outs = []
     for t in range(1, feats.shape[0]):
@@ -87,8 +116,9 @@ def naive_video(cfg, feats, labels0):
             idx = [0] + [0] * pad + prev
             restricted = [cfg.window_long_term] + [True] * (pad + len(prev))
         out = naive_step(cfg, feats[t], [feats[i] for i in idx], [preds[i] for i in idx], restricted)
+        out = naive_label_norm(out, cfg.label_norm)
         outs.append(out)
-        preds.append(out)
+        preds.append(naive_one_hot(out) if cfg.requantize else out)
     return outs
 
 
@@ -111,6 +141,13 @@ CONFIGS = {
     "overall-topk-all": PropagationConfig(topk=0, window="square", radius=2, context=2),
     "no-window": PropagationConfig(window="none", topk=7, context=4),
     "small-radius": PropagationConfig(window="square", radius=1, topk=20, context=2, window_long_term=True),
+    "channel-minmax": PropagationConfig(label_norm="channel-minmax", topk=4, radius=3, context=3),
+    "pixel-minmax": PropagationConfig(label_norm="pixel-minmax", topk=4, radius=3, context=3),
+    "requantize": PropagationConfig(requantize=True, topk=5, radius=3, context=3),
+    "per-frame-channel-minmax-requantize": PropagationConfig(aggregation="per-frame", label_norm="channel-minmax",
+                                                             requantize=True, topk=5, window="none", context=2,
+                                                             norm_stage="before-restriction", feature_norm=False,
+                                                             temperature=1.0),
 }
 
 
@@ -195,3 +232,24 @@ def test_unknown_preset_and_bad_settings_are_clear_errors():
         PropagationConfig(aggregation="sideways")
     with pytest.raises(InputError, match="unknown setting"):
         get_preset("crw", topkk=3)
+
+
+def test_label_norm_and_requantize_change_the_result():
+    """The settings are not no-ops on this video (so the reference comparisons above exercise them)."""
+    feats, labels = random_video(T=5, seed=2)
+    base = [p for _, p in propagate_features(feats, labels, preset=CONFIGS["requantize"], dtype=torch.float64,
+                                             requantize=False)]
+    for name in ("channel-minmax", "pixel-minmax", "requantize"):
+        cfg = CONFIGS[name]
+        got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
+        assert max(float((g - b).abs().max()) for g, b in zip(got, base)) > 1e-3, name
+
+
+def test_channel_minmax_leaves_an_empty_channel_at_zero():
+    feats, labels = random_video(T=3, seed=4)
+    labels = labels.clone()
+    labels[2] = 0.0
+    got = [p for _, p in propagate_features(feats, labels, preset=CONFIGS["channel-minmax"], dtype=torch.float64)]
+    for g in got:
+        assert float(g[2].abs().max()) == 0.0
+        assert torch.allclose(g[:2].amax(dim=(1, 2)), torch.ones(2, dtype=torch.float64))
