@@ -104,3 +104,43 @@ def test_output_minmax_rescales_each_channel_before_the_argmax():
     b = probs_to_mask(scaled, [7, 9])
     assert (a != b).any()  # the setting changes the decision here
     assert np.array_equal(b, np.array([0, 7, 9], np.uint8)[minmax_ref.argmax(0)])
+
+
+# ----------------------------------------------------------------------------- keypoint re-quantisation
+def test_keypoint_recode_is_encode_of_decode():
+    from vlprop.labels.keypoints import KeypointCodec, add_background, keypoint_heatmaps
+
+    codec = KeypointCodec(sigma=0.5, decoder="fit")
+    geo = GridGeometry.for_frame(80, 96, 8)
+    xy = np.array([[20.3, 30.7], [70.1, 12.2], [np.nan, np.nan]])
+    clean = codec.encode(xy, None, geo).double()
+    assert torch.allclose(codec.recode(clean), clean, atol=1e-6)  # exact decoder: a fixed point
+    # a blurred, shifted map: recode draws one clean kernel per keypoint at the decoded grid position
+    blurred = 0.6 * clean + 0.4 * torch.roll(clean, shifts=1, dims=2)
+    d = codec.decode_grid(blurred.numpy())
+    ref = add_background(keypoint_heatmaps(np.where(d.visible[:, None], d.xy, 0), d.visible, (10, 12), 0.5), "binary")
+    got = codec.recode(blurred)
+    assert np.allclose(got.numpy(), ref, atol=1e-9)
+    assert not torch.allclose(got, blurred, atol=1e-3)
+    assert float(got[3].abs().max()) == 0.0  # invisible keypoint stays empty
+
+
+def test_engine_requantizes_keypoint_maps_with_the_codec_not_an_argmax():
+    from vlprop.config import PropagationConfig
+    from vlprop.labels.keypoints import KeypointCodec
+    from vlprop.propagation.engine import PropagationEngine
+
+    codec = KeypointCodec(sigma=0.5, decoder="topk", k=5)
+    geo = GridGeometry.for_frame(64, 80, 8)
+    labels = codec.encode(np.array([[20.0, 30.0], [50.0, 40.0]]), None, geo).double()
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, 8, 8, 10, generator=g, dtype=torch.float64)
+    cfg = PropagationConfig(requantize=True, topk=5, window="square", radius=2, context=2)
+    eng = PropagationEngine(cfg, dtype=torch.float64, recode=codec.recode)
+    eng.reset(feats[0], labels)
+    for t in range(1, 4):
+        pred = eng.step(feats[t])
+        stored = eng._short[-1].labels.reshape(pred.shape)
+        assert torch.allclose(stored, codec.recode(pred), atol=1e-12)
+        onehot = torch.zeros_like(pred).scatter_(0, pred.argmax(0, keepdim=True), 1.0)
+        assert not torch.allclose(stored, onehot)

@@ -51,14 +51,19 @@ class PropagationEngine:
             labels = eng.step(f)               # [C,h,w]
 
     ``dtype`` (default float32) is the precision of affinities and labels; float64 is supported.
+    ``recode``: with ``requantize``, the function that turns a predicted ``[C,h,w]`` map into the hard labels
+    remembered as context (default: one-hot of the per-location argmax, right for masks; keypoint heat maps
+    re-encode their decoded keypoints, Waldmann's ``recreate_labels``, see
+    :meth:`vlprop.labels.keypoints.KeypointCodec.recode`).
     """
 
     def __init__(self, config: PropagationConfig | Preset | str = "crw", dtype: torch.dtype = torch.float32,
-                 tile: int = 8, chunk: int = 2048):
+                 tile: int = 8, chunk: int = 2048, recode=None):
         if isinstance(config, (str, Preset)):
             config = get_preset(config).propagation
         self.cfg = config
         self.dtype = dtype
+        self.recode = recode
         self.tile = tile
         self.chunk = chunk
         self._offsets = window_offsets(config.window, config.radius) if config.window != "none" else None
@@ -153,6 +158,11 @@ class PropagationEngine:
         return labels
 
     def _postprocess_for_memory(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.requantize and self.recode is not None:
+            hard = torch.as_tensor(self.recode(labels))
+            if tuple(hard.shape) != tuple(labels.shape):
+                raise InputError(f"recode returned shape {tuple(hard.shape)} for labels {tuple(labels.shape)}")
+            return hard.to(labels.dtype)
         if self.cfg.requantize:
             hard = torch.zeros_like(labels)
             hard.scatter_(0, labels.argmax(0, keepdim=True), 1.0)

@@ -416,7 +416,8 @@ class KeypointPropagator:
         vis0 = state["visible0"]
         xy_enc = st.xy if win is None else win.to_crop(st.xy)
         labels = self.codec.encode(np.where(vis0[:, None], xy_enc, np.nan), vis0, state["geometry"])
-        engine = PropagationEngine(self.preset.propagation)
+        # re-quantisation of keypoint maps re-encodes the decoded keypoints (not a per-cell argmax)
+        engine = PropagationEngine(self.preset.propagation, recode=self.codec.recode)
         engine.reset(f, labels)
         state["engine"] = engine
         mass0 = self._joint_mass(labels)
