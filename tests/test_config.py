@@ -21,12 +21,36 @@ EXPECTED = {
     "mckee-imagenet": dict(aggregation="overall", topk=5, normalizer="softmax", temperature=1.0, context=20,
                            window="disk", radius=12, window_long_term=False, feature_norm=True),
     "uvc-perframe": dict(aggregation="per-frame", topk=5, temperature=1.0, context=7,
-                         norm_stage="before-restriction", window="none", feature_norm=False),
+                         norm_stage="before-restriction", window="none", feature_norm=False,
+                         label_norm="channel-minmax"),
     "waldmann-jhmdb": dict(aggregation="overall", topk=20, normalizer="softmax", context=20, window="square",
                            radius=12, window_long_term=True),
     "crw-jhmdb": dict(aggregation="overall", topk=10, temperature=0.05, context=7, window="disk", radius=12,
                       window_long_term=False),
+    # training-methods.md §2.8 (STT configs/test: neighbor_range 24 at stride 8, topk 10, T 0.07, 20 + first)
+    "stt": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.07, context=20, long_term=1,
+                window="square", radius=12, window_long_term=True, feature_norm=True, label_norm="none",
+                requantize=False),
 }
+
+# (preset, feature/input settings, expected weights) from the same tables and training-methods.md §1.1, §2.8, §3.1
+EXPECTED_INPUT = {
+    "uvc-perframe": (dict(layer="res4", stride=8, colorspace="lab_l", size=None), ("uvc",)),
+    "waldmann-jhmdb": (dict(layer="res4", stride=8, colorspace="lab_l", input_scale=2.0), ("uvc",)),
+    "crw-jhmdb": (dict(layer="res3", stride=8, size=(320, 320), short_side=None), ("crw",)),
+    "mckee-imagenet": (dict(layer="res3", stride=8, input_scale=2.0), ("imagenet",)),
+    "dino": (dict(), ("imagenet",)),
+    "stt": (dict(layer="res3", stride=8, colorspace="lab", size=None), ("stt",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_INPUT))
+def test_preset_input_settings_and_expected_weights_match_the_reference(name):
+    feats, weights = EXPECTED_INPUT[name]
+    p = PRESETS[name]
+    for key, value in feats.items():
+        assert getattr(p.features, key) == value, (name, key)
+    assert p.expected_weights == weights
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
