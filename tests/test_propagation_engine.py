@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,20 +103,130 @@ def naive_one_hot(labels):
     return out
 
 
+def naive_bilinear(fmap, y, x):
+    """Bilinear sample of ``fmap [C, h, w]`` at real (y, x), zero outside the frame (numpy float64)."""
+    C, h, w = fmap.shape
+    y0, x0 = math.floor(y), math.floor(x)
+    out = np.zeros(C)
+    for yy, xx in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+        if 0 <= yy < h and 0 <= xx < w:
+            out += (1 - abs(y - yy)) * (1 - abs(x - xx)) * fmap[:, yy, xx]
+    return out
+
+
+def naive_union_step(cfg, t, q, ctx_feats, ctx_index, ctx_labels, restricted):
+    """MAST/LIIR propagation for target t, from the spec (training-methods.md §1.5, §1.7, §4.4): per context
+    frame its candidates (square window, or MAST's predicted window for a reference more than roi_after frames
+    back), ONE softmax over the union of all candidates, LIIR's compactness replacement per frame."""
+    D, h, w = q.shape
+    norm = (lambda f: torch.nn.functional.normalize(f, dim=0)) if cfg.feature_norm else (lambda f: f)
+    qn = norm(q).numpy()
+    feats = [norm(f).numpy() for f in ctx_feats]
+    labs = [lab.numpy() for lab in ctx_labels]
+    C = labs[0].shape[0]
+    T, R, Rc = cfg.temperature, int(cfg.radius), cfg.roi_radius
+    roi = [cfg.localization == "roi" and t - r > cfg.roi_after for r in ctx_index]
+    out = np.zeros((C, h, w))
+    for y in range(h):
+        for x in range(w):
+            qv = qn[:, y, x]
+            cands = []  # per frame: list of (value, label vector, (py, px))
+            offsets = {}
+            for n, (f, lab, r) in enumerate(zip(feats, labs, ctx_index)):
+                if not roi[n]:
+                    cs = []
+                    for py in range(h):
+                        for px in range(w):
+                            inside = max(abs(py - y), abs(px - x)) <= cfg.radius if cfg.window == "square" \
+                                else (py - y) ** 2 + (px - x) ** 2 < cfg.radius ** 2
+                            if restricted[n] and not inside:
+                                continue
+                            cs.append((float(qv @ f[:, py, px]), lab[:, py, px], (py, px)))
+                    cands.append(cs)
+                    continue
+                d = min(cfg.roi_max_dilation, (t - r) // cfg.roi_after + 1)
+                coarse, deltas = [], []
+                for dy in range(-Rc, Rc + 1):
+                    for dx in range(-Rc, Rc + 1):
+                        py, px = y + d * dy, x + d * dx
+                        coarse.append(float(qv @ f[:, py, px]) if 0 <= py < h and 0 <= px < w else 0.0)
+                        deltas.append((dy, dx))
+                p = np.exp(np.array(coarse) / T - max(coarse) / T)
+                p /= p.sum()
+                offsets[n] = (d * sum(pi * dd[0] for pi, dd in zip(p, deltas)),
+                              d * sum(pi * dd[1] for pi, dd in zip(p, deltas)))
+                cands.append(None)
+            last = offsets[max(offsets)] if offsets else None
+            for n in offsets:
+                oy, ox = offsets[n]
+                ly, lx = last if cfg.compat_mast_roi else (oy, ox)
+                cs = []
+                for dy in range(-R, R + 1):
+                    for dx in range(-R, R + 1):
+                        fy, fx = y + oy + dy, x + ox + dx
+                        gy, gx = y + ly + dy, x + lx + dx
+                        if cfg.compat_mast_roi:
+                            fy, fx = fy * h / (h - 1) - 0.5, fx * w / (w - 1) - 0.5
+                            gy, gx = gy * h / (h - 1) - 0.5, gx * w / (w - 1) - 0.5
+                        if not (-1 < fy < h and -1 < fx < w):
+                            continue
+                        cs.append((float(qv @ naive_bilinear(feats[n], fy, fx)), naive_bilinear(labs[n], gy, gx),
+                                   None))
+                cands[n] = cs
+            allv = np.array([c[0] for cs in cands for c in cs])
+            if cfg.normalizer == "sum":
+                denom = allv.sum()
+                weights = [[c[0] / denom for c in cs] for cs in cands]
+            else:
+                m = allv.max()
+                denom = np.exp(allv / T - m / T).sum()
+                weights = [[math.exp(c[0] / T - m / T) / denom for c in cs] for cs in cands]
+            for n, (cs, ws) in enumerate(zip(cands, weights)):
+                if cfg.compactness_k and not roi[n]:
+                    order = sorted(range(len(ws)), key=lambda i: -ws[i])[: cfg.compactness_k]
+                    top = np.array([ws[i] for i in order])
+                    pi = np.exp(top - top.max()) / np.exp(top - top.max()).sum()
+                    if top[0] > cfg.compactness_threshold:
+                        ws = [sum(pi[m] * math.exp(-4 * math.log(2) * ((c[2][0] - cs[order[m]][2][0]) ** 2
+                                                                        + (c[2][1] - cs[order[m]][2][1]) ** 2)
+                                                  / cfg.compactness_fwhm ** 2) for m in range(len(order)))
+                              for c in cs]
+                for c, wt in zip(cs, ws):
+                    out[:, y, x] += wt * c[1]
+    return torch.from_numpy(out)
+
+
+def naive_context(cfg, t):
+    """Context frame indices of target t and whether each is windowed."""
+    if cfg.references == "mast":  # {0, 5} U {t-1, t-3, t-5}
+        long = [0] + ([5] if t > 5 else [])
+        short = [r for r in (t - 5, t - 3, t - 1) if r >= 1 and r not in long]
+        return long + short, [cfg.window_long_term] * len(long) + [True] * len(short)
+    prev = list(range(max(1, t - cfg.context), t)) if cfg.context else []
+    idx = [0] + prev
+    restricted = [cfg.window_long_term] + [True] * len(prev)
+    if cfg.compat_pad_first and len(prev) < cfg.context:
+        pad = cfg.context - len(prev)
+        idx = [0] + [0] * pad + prev
+        restricted = [cfg.window_long_term] + [True] * (pad + len(prev))
+    return idx, restricted
+
+
 def naive_video(cfg, feats, labels0):
-    """Propagate through feats [T,D,h,w]: context = first frame + `context` previous frames. Each prediction is
-    label-normalised (returned and stored) and, with ``requantize``, stored as one-hot."""
+    """Propagate through feats [T,D,h,w]: context = first frame + `context` previous frames (or MAST's set). Each
+    prediction gets the foreground boost and is label-normalised (returned and stored) and, with ``requantize``,
+    stored as one-hot."""
     preds = [labels0]
     outs = []
     for t in range(1, feats.shape[0]):
-        prev = list(range(max(1, t - cfg.context), t)) if cfg.context else []
-        idx = [0] + prev
-        restricted = [cfg.window_long_term] + [True] * len(prev)
-        if cfg.compat_pad_first and len(prev) < cfg.context:
-            pad = cfg.context - len(prev)
-            idx = [0] + [0] * pad + prev
-            restricted = [cfg.window_long_term] + [True] * (pad + len(prev))
-        out = naive_step(cfg, feats[t], [feats[i] for i in idx], [preds[i] for i in idx], restricted)
+        idx, restricted = naive_context(cfg, t)
+        if cfg.localization == "roi" or cfg.compactness_k:
+            out = naive_union_step(cfg, t, feats[t], [feats[i] for i in idx], idx, [preds[i] for i in idx],
+                                   restricted)
+        else:
+            out = naive_step(cfg, feats[t], [feats[i] for i in idx], [preds[i] for i in idx], restricted)
+        out = out.clone()
+        out[1:] *= cfg.foreground_boost
         out = naive_label_norm(out, cfg.label_norm)
         outs.append(out)
         preds.append(naive_one_hot(out) if cfg.requantize else out)
@@ -148,6 +259,19 @@ CONFIGS = {
                                                              requantize=True, topk=5, window="none", context=2,
                                                              norm_stage="before-restriction", feature_norm=False,
                                                              temperature=1.0),
+    "mast-references": PropagationConfig(references="mast", topk=3, window="square", radius=2,
+                                         window_long_term=True),
+    "compactness": PropagationConfig(compactness_k=2, topk=0, window="square", radius=2, window_long_term=True,
+                                     context=3, temperature=0.1, compactness_threshold=0.1),
+    "compactness-k1-disk-mast-boost": PropagationConfig(compactness_k=1, topk=0, window="disk", radius=2.5,
+                                                        window_long_term=True, references="mast", temperature=0.05,
+                                                        compactness_fwhm=1.5, foreground_boost=1.05,
+                                                        requantize=True),
+    "roi": PropagationConfig(localization="roi", topk=0, window="square", radius=2, window_long_term=True,
+                             references="mast", roi_after=2, roi_radius=2, roi_max_dilation=3, temperature=0.2),
+    "roi-compat": PropagationConfig(localization="roi", topk=0, window="square", radius=2, window_long_term=True,
+                                    references="mast", roi_after=2, roi_radius=2, roi_max_dilation=3,
+                                    temperature=0.2, compat_mast_roi=True, feature_norm=False, requantize=True),
 }
 
 
@@ -253,3 +377,42 @@ def test_channel_minmax_leaves_an_empty_channel_at_zero():
     for g in got:
         assert float(g[2].abs().max()) == 0.0
         assert torch.allclose(g[:2].amax(dim=(1, 2)), torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name,change", [("roi", dict(localization="window")), ("roi-compat", dict(compat_mast_roi=False)),
+                                         ("compactness", dict(compactness_k=0)),
+                                         ("compactness-k1-disk-mast-boost", dict(foreground_boost=1.0))])
+def test_localisation_settings_are_not_no_ops(name, change):
+    """On the test video each variant changes the prediction (the reference comparison exercises its branch)."""
+    from dataclasses import replace
+
+    feats, labels = random_video(T=6, seed=hash(name) % 1000)
+    a = [p for _, p in propagate_features(feats, labels, preset=CONFIGS[name], dtype=torch.float64)]
+    b = [p for _, p in propagate_features(feats, labels, preset=replace(CONFIGS[name], **change),
+                                          dtype=torch.float64)]
+    assert max(float((x - y).abs().max()) for x, y in zip(a, b)) > 1e-3
+
+
+def test_mast_reference_set_is_first_fifth_and_t_minus_1_3_5():
+    eng = PropagationEngine(PropagationConfig(references="mast", topk=3, window="square", radius=2))
+    feats, labels = random_video(T=12)
+    eng.reset(feats[0].float(), labels.float())
+    for t in range(1, 12):
+        assert [e.index for e in eng.context()] == naive_context(eng.cfg, t)[0]
+        eng.step(feats[t].float())
+    assert [e.index for e in eng.context()] == [0, 5, 7, 9, 11]
+
+
+def test_localisation_settings_reject_inconsistent_combinations():
+    with pytest.raises(InputError, match="union"):
+        PropagationConfig(localization="roi", topk=5, window="square", window_long_term=True)
+    with pytest.raises(InputError, match="every frame"):
+        PropagationConfig(localization="roi", topk=0, window="disk", window_long_term=True)
+    with pytest.raises(InputError, match="compactness"):
+        PropagationConfig(compactness_k=2, topk=10, window="square", window_long_term=True)
+    with pytest.raises(InputError, match="window on every"):
+        PropagationConfig(compactness_k=2, topk=0, window="square", window_long_term=False)
+    with pytest.raises(InputError, match="compat_mast_roi"):
+        PropagationConfig(compat_mast_roi=True)
+    with pytest.raises(InputError, match="references"):
+        PropagationConfig(references="sparse")

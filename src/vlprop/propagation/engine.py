@@ -16,6 +16,7 @@ import torch
 
 from ..config import PropagationConfig, Preset, get_preset
 from ..errors import InputError
+from .localization import compactness_weights, roi_coarse_offset, roi_label_weights, roi_positions, roi_values
 from .affinity import (
     TopK,
     dense_topk,
@@ -38,6 +39,7 @@ class _Entry:
     labels: torch.Tensor  # [C, hw]
     padded: torch.Tensor | None = None
     restricted: bool = True
+    index: int = 0  # frame index counted from the (first) labelled frame
 
 
 class PropagationEngine:
@@ -69,7 +71,9 @@ class PropagationEngine:
         self._offsets = window_offsets(config.window, config.radius) if config.window != "none" else None
         self._shape: tuple[int, int, int] | None = None
         self._long: list[_Entry] = []
-        self._short: collections.deque[_Entry] = collections.deque(maxlen=max(config.context, 0) or None)
+        short_len = 5 if config.references == "mast" else max(config.context, 0)
+        self._short: collections.deque[_Entry] = collections.deque(maxlen=short_len or None)
+        self._t = 0  # index of the newest frame in memory (the labelled frame is 0)
         self._num_channels = 0
         self._workspace: torch.Tensor | None = None  # chunk buffer of the frame's dense matches
 
@@ -90,16 +94,17 @@ class PropagationEngine:
             f = l2_normalize(f, dim=0)
         return f
 
-    def _entry(self, f: torch.Tensor, labels: torch.Tensor, restricted: bool) -> _Entry:
+    def _entry(self, f: torch.Tensor, labels: torch.Tensor, restricted: bool, index: int = 0) -> _Entry:
         D, h, w = f.shape
         return _Entry(flat=f.reshape(D, h * w).t().contiguous(), labels=labels.reshape(labels.shape[0], h * w),
-                      restricted=restricted)
+                      restricted=restricted, index=index)
 
     def reset(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Start a new video with a labelled reference frame: features ``[D,h,w]``, labels ``[C,h,w]``."""
         self._shape = None
         self._long.clear()
         self._short.clear()
+        self._t = 0
         self.add_reference(features, labels)
 
     def add_reference(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -109,7 +114,7 @@ class PropagationEngine:
         if self._shape is None:
             self._shape = tuple(f.shape)
             self._num_channels = labels.shape[0]
-        self._long.append(self._entry(f, labels, restricted=self.cfg.window_long_term))
+        self._long.append(self._entry(f, labels, restricted=self.cfg.window_long_term, index=self._t))
         if len(self._long) > self.cfg.long_term:
             self._long.pop(0)
 
@@ -122,7 +127,12 @@ class PropagationEngine:
         return labels.detach().to("cpu", self.dtype)
 
     def context(self) -> list[_Entry]:
-        """Current context entries: long-term first, then short-term oldest to newest."""
+        """Context entries of the next target frame: long-term first, then short-term oldest to newest."""
+        if self.cfg.references == "mast":  # {0, 5} U {t-1, t-3, t-5} for target t
+            t = self._t + 1
+            entries = [e for e in self._long if e.index < t]
+            have = {e.index for e in entries}
+            return entries + [e for e in self._short if t - e.index in (1, 3, 5) and e.index not in have]
         entries = list(self._long)
         short = list(self._short)
         if self.cfg.compat_pad_first and len(short) < self.cfg.context:
@@ -140,11 +150,21 @@ class PropagationEngine:
 
     def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Append a frame with its (predicted) labels to the short-term memory (re-quantised if configured)."""
-        if self.cfg.context == 0:
+        if self.cfg.context == 0 and self.cfg.references != "mast":
+            self._t += 1
             return
         f = self._prepare(features, "context frame")
         labels = self._check_labels(labels, f.shape[1:], "context labels")
-        self._short.append(self._entry(f, self._postprocess_for_memory(labels), restricted=True))
+        self._remember(f, self._postprocess_for_memory(labels))
+
+    def _remember(self, f: torch.Tensor, stored: torch.Tensor) -> None:
+        self._t += 1
+        entry = self._entry(f, stored, restricted=True, index=self._t)
+        if self.cfg.references == "mast" and self._t == 5:  # MAST/LIIR keep frame 5 for good
+            entry.restricted = self.cfg.window_long_term
+            self._long.append(entry)
+            return
+        self._short.append(entry)
 
     def step(self, features: torch.Tensor) -> torch.Tensor:
         """Predict the labels of the next frame and remember them as context. Returns ``[C,h,w]``."""
@@ -152,9 +172,10 @@ class PropagationEngine:
         if not self._long:
             raise InputError("no labelled reference frame: call reset(features, labels) first")
         labels = self._propagate(q, self.context())
-        stored = self._postprocess_for_memory(labels)
-        if self.cfg.context > 0:
-            self._short.append(self._entry(q, stored, restricted=True))
+        if self.cfg.context > 0 or self.cfg.references == "mast":
+            self._remember(q, self._postprocess_for_memory(labels))
+        else:
+            self._t += 1
         return labels
 
     def _postprocess_for_memory(self, labels: torch.Tensor) -> torch.Tensor:
@@ -255,6 +276,8 @@ class PropagationEngine:
                 out += _gather_weighted(e.labels, tk.index, wts)
             out /= len(entries)
             return self._finish(out, h, w)
+        if cfg.localization == "roi" or cfg.compactness_k:
+            return self._finish(self._aggregate_union(q, qt, entries), h, w)
         # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
         per = [self._frame_topk(q, qt, e, k, reduce) for e in entries]
         values = torch.cat([p.values for p in per], dim=1)
@@ -275,8 +298,61 @@ class PropagationEngine:
         out = _gather_weighted(labels, index, wts)
         return self._finish(out, h, w)
 
+    def _aggregate_union(self, q: torch.Tensor, qt: torch.Tensor | None, entries: list[_Entry]) -> torch.Tensor:
+        """One softmax over the union of every context frame's candidates (MAST/LIIR, ``topk=0``), with MAST's
+        predicted windows for far references and LIIR's compactness prior. Returns ``[hw, C]``."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        hw = h * w
+        t = self._t + 1
+        qflat = q.reshape(D, hw).t()
+        blocks = []  # (entry, values [hw, K], index [hw, K] | None, roi positions info | None)
+        last_offset = None
+        for e in entries:
+            if cfg.localization == "roi" and t - e.index > cfg.roi_after:
+                dil = min(cfg.roi_max_dilation, (t - e.index) // cfg.roi_after + 1)
+                vals, offs = [], []
+                for s in range(0, hw, self.chunk):
+                    rows = torch.arange(s, min(hw, s + self.chunk))
+                    aff = qflat[s:s + len(rows)] @ e.flat.t()
+                    o = roi_coarse_offset(aff, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
+                    pos = roi_positions(rows, o, h, w, int(cfg.radius), cfg.compat_mast_roi)
+                    vals.append(roi_values(aff, pos, h, w))
+                    offs.append(o)
+                last_offset = torch.cat(offs)
+                blocks.append([e, torch.cat(vals), None, last_offset])
+            else:
+                tk = self._frame_topk(q, qt, e, 0, None)
+                blocks.append([e, tk.values, tk.index, None])
+        if cfg.compat_mast_roi and last_offset is not None:  # MAST bug 1: labels read with the last offset
+            for b in blocks:
+                if b[3] is not None:
+                    b.append(last_offset)
+        values = torch.cat([b[1] for b in blocks], dim=1)
+        wts = self._weights(values, None)
+        out = torch.zeros(hw, entries[0].labels.shape[0], dtype=q.dtype)
+        start = 0
+        for b in blocks:
+            e, v, index, offset = b[0], b[1], b[2], b[3]
+            wb = wts[:, start:start + v.shape[1]]
+            start += v.shape[1]
+            if index is not None:
+                if cfg.compactness_k:
+                    wb = compactness_weights(wb, v, index, w, cfg.compactness_k, cfg.compactness_threshold,
+                                             cfg.compactness_fwhm)
+                out += _gather_weighted(e.labels, index, wb)
+                continue
+            label_offset = b[4] if len(b) > 4 else offset
+            for s in range(0, hw, self.chunk):
+                rows = torch.arange(s, min(hw, s + self.chunk))
+                pos = roi_positions(rows, label_offset[s:s + len(rows)], h, w, int(cfg.radius), cfg.compat_mast_roi)
+                out[s:s + len(rows)] += roi_label_weights(wb[s:s + len(rows)], pos, h, w) @ e.labels.t()
+        return out
+
     def _finish(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         labels = out.t().reshape(-1, h, w).contiguous()
+        if self.cfg.foreground_boost != 1.0 and labels.shape[0] > 1:
+            labels[1:] *= self.cfg.foreground_boost
         return normalize_labels(labels, self.cfg.label_norm)
 
 

@@ -1,0 +1,127 @@
+"""Localisation variants of the propagation engine beyond the fixed window (DESIGN §4, McKee Tab. 4):
+MAST's predicted region of interest (ROI) for long-range references and LIIR's compactness prior.
+
+Conventions: grid positions are ``(y, x)`` in cells of the feature grid (cell ``(i, j)`` sits at ``(i, j)``);
+flat indices are ``y * w + x``. Every function works on one context frame and a chunk of target locations, so
+memory stays ``O(chunk * h * w)`` whatever the video length.
+
+ROI (MAST ``models/colorizer.py``, read as a specification in shared/specs/training-methods.md §4.4):
+
+1. coarse match of target location ``i`` against reference ``r`` at dilated offsets
+   ``a(i, delta) = <f_t(i), f_r(i + d * delta)>`` for ``delta in [-Rc, Rc]^2`` (0 where ``i + d * delta`` is
+   outside the frame, as zero-padded features give), ``p = softmax(a / T)`` over the ``(2Rc+1)^2`` offsets;
+2. offset ``o(i) = d * sum_delta p(delta) * delta`` (a soft-argmax, real-valued, in cells);
+3. fine window: the ``(2R+1)^2`` positions ``i + o(i) + delta'`` (``delta' in [-R, R]^2``), where the features
+   and labels of ``r`` are sampled bilinearly (corners outside the frame count as zero; a position is a
+   candidate only if at least one corner is inside). ``compat=True`` maps each position ``p`` to
+   ``p * n / (n - 1) - 0.5`` per axis (MAST's ``grid_sample`` without ``align_corners=True``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _offsets(radius: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[(2r+1)^2, 2]`` integer offsets ``(dy, dx)`` in row-major order."""
+    d = torch.arange(-radius, radius + 1, dtype=dtype)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
+
+
+def roi_coarse_offset(aff: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int, radius: int,
+                      temperature: float) -> torch.Tensor:
+    """Soft-argmax offset ``o(i)`` ``[n, 2]`` (cells, ``(dy, dx)``) of a chunk of target locations.
+
+    aff: ``[n, h*w]`` dot products of the chunk's targets with every location of the reference frame;
+    rows: ``[n]`` flat indices of those targets.
+    """
+    off = _offsets(radius, aff.dtype)  # [P, 2]
+    ty = torch.div(rows, w, rounding_mode="floor")
+    tx = rows % w
+    py = ty[:, None] + dilation * off[None, :, 0].long()
+    px = tx[:, None] + dilation * off[None, :, 1].long()
+    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    idx = (py.clamp(0, h - 1) * w + px.clamp(0, w - 1))
+    a = torch.where(inside, torch.gather(aff, 1, idx), torch.zeros((), dtype=aff.dtype))
+    p = torch.softmax(a / temperature, dim=1)
+    return dilation * (p @ off)
+
+
+def roi_positions(rows: torch.Tensor, offset: torch.Tensor, h: int, w: int, radius: int,
+                  compat: bool = False) -> torch.Tensor:
+    """Sample positions ``[n, (2R+1)^2, 2]`` (``(y, x)``, real-valued cells) of the fine windows."""
+    off = _offsets(radius, offset.dtype)
+    ty = torch.div(rows, w, rounding_mode="floor").to(offset.dtype)
+    tx = (rows % w).to(offset.dtype)
+    centre = torch.stack([ty, tx], dim=1) + offset  # [n, 2]
+    pos = centre[:, None, :] + off[None]
+    if compat:  # MAST: (n-1)-normalised coordinates read by grid_sample with align_corners=False
+        scale = torch.tensor([h / max(h - 1, 1), w / max(w - 1, 1)], dtype=offset.dtype)
+        pos = pos * scale - 0.5
+    return pos
+
+
+def bilinear_corners(pos: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corners of bilinear sampling at ``pos [..., 2]``: flat indices ``[..., 4]`` (clamped), weights ``[..., 4]``
+    (0 for corners outside the frame: zero padding) and whether the position touches the frame ``[...]``."""
+    y, x = pos[..., 0], pos[..., 1]
+    y0, x0 = torch.floor(y), torch.floor(x)
+    fy, fx = y - y0, x - x0
+    idx, wts = [], []
+    for dy, dx, wt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        cy, cx = y0.long() + dy, x0.long() + dx
+        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        idx.append(cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))
+        wts.append(torch.where(inside, wt, torch.zeros((), dtype=wt.dtype)))
+    touches = (y > -1) & (y < h) & (x > -1) & (x < w)
+    return torch.stack(idx, -1), torch.stack(wts, -1), touches
+
+
+def roi_values(aff: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Affinities ``[n, P]`` of the bilinearly sampled reference features at ``pos [n, P, 2]`` (``-inf`` for
+    positions that do not touch the frame). ``<f_t, sum_c w_c f_r(c)> = sum_c w_c <f_t, f_r(c)>``, so the
+    samples are read from the chunk's dense dot products ``aff [n, h*w]``."""
+    idx, wts, touches = bilinear_corners(pos, h, w)
+    n, P = pos.shape[:2]
+    a = torch.gather(aff, 1, idx.reshape(n, P * 4)).reshape(n, P, 4)
+    v = (a * wts).sum(-1)
+    return torch.where(touches, v, torch.full((), NEG_INF, dtype=v.dtype))
+
+
+def roi_label_weights(weights: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Dense ``[n, h*w]`` weights on the reference's cells equivalent to weighting the bilinear label samples at
+    ``pos [n, P, 2]`` with ``weights [n, P]`` (``out = dense @ labels^T``)."""
+    idx, wts, _ = bilinear_corners(pos, h, w)
+    n, P = pos.shape[:2]
+    dense = weights.new_zeros(n, h * w)
+    dense.scatter_add_(1, idx.reshape(n, P * 4), (weights[:, :, None] * wts).reshape(n, P * 4))
+    return dense
+
+
+def compactness_weights(weights: torch.Tensor, values: torch.Tensor, index: torch.Tensor, w: int, k: int,
+                        threshold: float, fwhm: float) -> torch.Tensor:
+    """LIIR's compactness prior on one reference frame's candidates.
+
+    weights: ``[N, K]`` joint weights of the frame's candidates; values: ``[N, K]`` their affinities (``-inf`` =
+    not a candidate); index: ``[N, K]`` flat cell indices; ``w``: grid width. Where the frame's largest weight
+    exceeds ``threshold``, the weights become ``sum_m pi_m exp(-4 ln2 |p - u_m|^2 / fwhm^2)`` with ``u_m`` the
+    cells of the ``k`` largest weights and ``pi = softmax`` of those weights (not renormalised); elsewhere
+    they are kept. Returns ``[N, K]``.
+    """
+    finite = torch.isfinite(values)
+    masked = torch.where(finite, weights, torch.full((), NEG_INF, dtype=weights.dtype))
+    kk = min(k, weights.shape[1])
+    top, sel = torch.topk(masked, kk, dim=1)
+    conf = top[:, 0]
+    pi = torch.softmax(top, dim=1).nan_to_num(0.0)
+    u = torch.gather(index, 1, sel)
+    uy, ux = torch.div(u, w, rounding_mode="floor").to(weights.dtype), (u % w).to(weights.dtype)
+    py, px = torch.div(index, w, rounding_mode="floor").to(weights.dtype), (index % w).to(weights.dtype)
+    d2 = (py[:, :, None] - uy[:, None, :]) ** 2 + (px[:, :, None] - ux[:, None, :]) ** 2  # [N, K, k]
+    bumps = (pi[:, None, :] * torch.exp(-4.0 * math.log(2.0) * d2 / fwhm ** 2)).sum(-1)
+    bumps = torch.where(finite, bumps, torch.zeros((), dtype=bumps.dtype))
+    return torch.where((conf > threshold)[:, None], bumps, weights)
