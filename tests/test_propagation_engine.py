@@ -196,6 +196,121 @@ def naive_union_step(cfg, t, q, ctx_feats, ctx_index, ctx_labels, restricted):
     return torch.from_numpy(out)
 
 
+def naive_mean_shift(pts, bandwidth, sigma, tol=0.1, max_iter=100):
+    mean = pts.mean(0)
+    m = pts[int(np.argmin(((pts - mean) ** 2).sum(1)))]
+    for _ in range(max_iter):
+        num, den = np.zeros(2), 0.0
+        for p in pts:
+            d2 = float(((p - m) ** 2).sum())
+            if d2 <= bandwidth ** 2:
+                wt = math.exp(-d2 / (2 * sigma ** 2))
+                num += wt * p
+                den += wt
+        new = num / den
+        done = abs(new - m).sum() < tol
+        m = new
+        if done:
+            break
+    return m
+
+
+def naive_cells(box, h, w):
+    cy, cx, ry, rx = box
+    return [(y, x) for y in range(h) for x in range(w) if abs(y - cy) <= ry and abs(x - cx) <= rx]
+
+
+def naive_usable(box, h, w):
+    if box is None:
+        return False
+    cells = naive_cells(box, h, w)
+    return len({y for y, _ in cells}) >= 3 and len({x for _, x in cells}) >= 3
+
+
+def naive_track_video(cfg, feats, labels0):
+    """UVC "track" from the spec (training-methods.md §3.2, our grid-level reading): boxes (centre, half-extent)
+    in cells, initial = tight box of the argmax cells + 60 %, target box = mean-shift mode of the soft-argmax
+    target positions of the newest context frame's object cells, +-2 mean-abs-dev, +100 %, half-extent EMA 0.1
+    with that frame's box; per-frame softmax over the whole frame, top-k inside the boxes, not renormalised."""
+    T_, D, h, w = feats.shape
+    Tm = cfg.temperature
+    norm = (lambda f: torch.nn.functional.normalize(f, dim=0)) if cfg.feature_norm else (lambda f: f)
+    F = [norm(f).reshape(D, -1).numpy() for f in feats]
+    C = labels0.shape[0]
+
+    def state(lab, boxes=None):
+        hard = lab.reshape(C, -1).numpy().argmax(0)
+        mass = {o: int((hard == o).sum()) for o in range(1, C)}
+        if boxes is None:
+            boxes = {}
+            for o in range(1, C):
+                cells = np.nonzero(hard == o)[0]
+                if len(cells) == 0:
+                    boxes[o] = None
+                    continue
+                ys, xs = cells // w, cells % w
+                m = 1 + cfg.track_init_margin
+                boxes[o] = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2,
+                            ((ys.max() - ys.min()) / 2 + 0.5) * m, ((xs.max() - xs.min()) / 2 + 0.5) * m)
+        return hard, mass, boxes
+
+    preds, states, outs = [labels0], [state(labels0)], []
+    grid = np.array([(y, x) for y in range(h) for x in range(w)], dtype=np.float64)
+    for t in range(1, T_):
+        idx, _ = naive_context(cfg, t)
+        p = max(idx)
+        hard_p, _, boxes_p = states[p]
+        boxes_t = {}
+        for o in range(1, C):
+            cells = np.nonzero(hard_p == o)[0]
+            if len(cells) < 2:
+                boxes_t[o] = None
+                continue
+            coords = []
+            for c in cells:
+                a = F[p][:, c] @ F[t] / Tm
+                e = np.exp(a - a.max())
+                coords.append((e / e.sum()) @ grid)
+            coords = np.array(coords)
+            mode = naive_mean_shift(coords, cfg.track_bandwidth, cfg.track_sigma)
+            d = np.abs(coords - mode).mean(0)
+            ry, rx = cfg.track_mad * d * (1 + cfg.track_margin)
+            if boxes_p[o] is not None:
+                ry = cfg.track_ema * ry + (1 - cfg.track_ema) * boxes_p[o][2]
+                rx = cfg.track_ema * rx + (1 - cfg.track_ema) * boxes_p[o][3]
+            boxes_t[o] = (mode[0], mode[1], ry, rx)
+        out = np.zeros((C, h * w))
+        for r in idx:
+            L = preds[r].reshape(C, -1).numpy()
+            _, mass_r, boxes_r = states[r]
+            A = F[t].T @ F[r]  # [target, ref]
+            boxed = {o: (set(naive_cells(boxes_t[o], h, w)), [y * w + x for y, x in naive_cells(boxes_r[o], h, w)])
+                     for o in range(1, C) if naive_usable(boxes_t[o], h, w) and mass_r[o] >= 3
+                     and naive_usable(boxes_r[o], h, w)}
+            for j in range(h * w):
+                row = A[j]
+                soft = np.exp(row / Tm - (row / Tm).max())
+                soft /= soft.sum()
+                k = len(row) if cfg.topk == 0 else cfg.topk
+                top = np.argsort(-row, kind="stable")[:k]
+                plain = (soft[top][None, :] * L[:, top]).sum(1)
+                out[:, j] += plain
+                for o, (target_cells, ref_cells) in boxed.items():
+                    out[o, j] -= plain[o]
+                    if (j // w, j % w) not in target_cells:
+                        continue
+                    sel = sorted(ref_cells, key=lambda i: -row[i])[:k]
+                    out[o, j] += sum(soft[i] * L[o, i] for i in sel)
+        out = torch.from_numpy(out / len(idx)).reshape(C, h, w)
+        out = naive_label_norm(out, cfg.label_norm)
+        outs.append(out)
+        stored = naive_one_hot(out) if cfg.requantize else out
+        preds.append(stored)
+        hard_t, mass_t, _ = state(stored)
+        states.append((hard_t, mass_t, boxes_t))
+    return outs
+
+
 def naive_context(cfg, t):
     """Context frame indices of target t and whether each is windowed."""
     if cfg.references == "mast":  # {0, 5} U {t-1, t-3, t-5}
@@ -213,6 +328,12 @@ def naive_context(cfg, t):
 
 
 def naive_video(cfg, feats, labels0):
+    if cfg.localization == "track":
+        return naive_track_video(cfg, feats, labels0)
+    return naive_video_plain(cfg, feats, labels0)
+
+
+def naive_video_plain(cfg, feats, labels0):
     """Propagate through feats [T,D,h,w]: context = first frame + `context` previous frames (or MAST's set). Each
     prediction gets the foreground boost and is label-normalised (returned and stored) and, with ``requantize``,
     stored as one-hot."""
@@ -267,6 +388,12 @@ CONFIGS = {
                                                         window_long_term=True, references="mast", temperature=0.05,
                                                         compactness_fwhm=1.5, foreground_boost=1.05,
                                                         requantize=True),
+    "track": PropagationConfig(localization="track", aggregation="per-frame", norm_stage="before-restriction",
+                               window="none", topk=5, context=3, temperature=0.5, feature_norm=False,
+                               label_norm="channel-minmax", track_bandwidth=3.0, track_sigma=2.0),
+    "track-normed-requantize": PropagationConfig(localization="track", aggregation="per-frame",
+                                                 norm_stage="before-restriction", window="none", topk=4, context=2,
+                                                 temperature=0.1, requantize=True, track_margin=0.5),
     "roi": PropagationConfig(localization="roi", topk=0, window="square", radius=2, window_long_term=True,
                              references="mast", roi_after=2, roi_radius=2, roi_max_dilation=3, temperature=0.2),
     "roi-compat": PropagationConfig(localization="roi", topk=0, window="square", radius=2, window_long_term=True,
@@ -416,3 +543,43 @@ def test_localisation_settings_reject_inconsistent_combinations():
         PropagationConfig(compat_mast_roi=True)
     with pytest.raises(InputError, match="references"):
         PropagationConfig(references="sparse")
+
+
+def object_video(T=6, D=16, h=12, w=16, seed=0):
+    """Two rectangular objects on a textured background; the texture moves one cell right per frame."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(D, h, w + T, generator=g, dtype=torch.float64)
+    frames = torch.stack([base[:, :, T - t: T - t + w] + 0.2 * torch.randn(D, h, w, generator=g, dtype=torch.float64)
+                          for t in range(T)])
+    labels = torch.zeros(3, h, w, dtype=torch.float64)
+    labels[0] = 1
+    labels[:, 2:6, 2:7] = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)[:, None, None]
+    labels[:, 7:11, 9:14] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)[:, None, None]
+    return frames, labels
+
+
+@pytest.mark.parametrize("name", ["track", "track-normed-requantize"])
+def test_track_equals_naive_on_a_video_with_compact_objects(name):
+    cfg = CONFIGS[name]
+    feats, labels = object_video(T=6)
+    expected = naive_video(cfg, feats, labels)
+    got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
+    for t, (g, e) in enumerate(zip(got, expected), start=1):
+        assert torch.allclose(g, e, atol=1e-5, rtol=0), f"{name}: frame {t} max err {(g - e).abs().max():.2e}"
+    from dataclasses import replace
+
+    plain = [p for _, p in propagate_features(feats, labels, dtype=torch.float64,
+                                              preset=replace(cfg, localization="window"))]
+    assert max(float((a - b).abs().max()) for a, b in zip(got, plain)) > 1e-3  # the boxes do restrict
+
+
+def test_track_boxes_follow_the_objects():
+    cfg = CONFIGS["track"]
+    feats, labels = object_video(T=6)
+    eng = PropagationEngine(cfg, dtype=torch.float64)
+    eng.reset(feats[0], labels)
+    for t in range(1, 6):
+        eng.step(feats[t])
+        box = eng._short[-1].boxes[1]
+        # object 1 starts centred at (3.5, 4) and moves one cell right per frame
+        assert abs(box[0] - 3.5) < 1.0 and abs(box[1] - (4 + t)) < 1.0, (t, box)

@@ -481,6 +481,70 @@ _register(Preset(
 ))
 
 
+_register(Preset(
+    name="uvc-track",
+    description="UVC 'track' inference (McKee Tab. 4/6(b)): per-frame aggregation over first frame + 7 previous, "
+                "each context frame's softmax over all its locations (T=1, raw 512-d res4 features of the grey "
+                "input), top-5 kept without renormalising; each object propagates only from its box in the context "
+                "frame to its box in the target frame (background over the full frame). Target box: soft-argmax "
+                "target positions of the object's cells in the newest context frame -> mean-shift mode (bandwidth 5, "
+                "sigma 4 cells) +- 2 mean-abs-dev, +100 %, half-extent EMA 0.1; initial box = labelled box + 60 %; "
+                "full frame when the object disappears (< 3 cells or a box under 3 cells a side). Per-channel "
+                "min-max of each prediction. Boxes live on the feature grid; UVC recomputes a stored frame's box "
+                "from its own full-resolution prediction (bandwidth 20 px), we keep its target box.",
+    propagation=PropagationConfig(aggregation="per-frame", topk=5, normalizer="softmax", temperature=1.0, context=7,
+                                  norm_stage="before-restriction", window="none", window_long_term=False,
+                                  feature_norm=False, label_norm="channel-minmax", localization="track",
+                                  track_init_margin=0.6, track_margin=1.0, track_ema=0.1, track_bandwidth=5.0,
+                                  track_sigma=4.0, track_mad=2.0),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res4", stride=8, colorspace="lab_l",
+                           reference_backbone="UVC ResNet-18 (Liusifei/UVC davis checkpoint), layer4 512-d"),
+    reference="Liusifei/UVC test_with_track.py / libs/track_utils.py (training-methods.md §3.2); McKee Tab. 4(d) "
+              "UVC per-frame + track: J&F 60.8 (59.4 without); Tab. 6(b) 59.5 (UVC), 66.0 (UVC+, 10 frames)",
+    expected_weights=("uvc",),
+))
+_register(Preset(
+    name="mast",
+    description="MAST (Lai et al. 2020) inference: references {0, 5, t-1, t-3, t-5}; near references (<= 15 frames "
+                "back) matched in a square window of radius 12 cells, far ones in a predicted window (MAST ROI: "
+                "dilated coarse match radius 12, dilation min(4, dt // 15 + 1), soft-argmax offset, bilinear "
+                "window); one softmax over the union of all windows on raw dot products (no top-k, T=1, no L2 "
+                "norm); hard (argmax) labels fed back. Stride-4 ResNet-18 without max-pool, 64-d head, Lab input.",
+    propagation=PropagationConfig(aggregation="overall", topk=0, normalizer="softmax", temperature=1.0,
+                                  norm_stage="topk", references="mast", localization="roi", window="square",
+                                  radius=12, window_long_term=True, feature_norm=False, requantize=True,
+                                  roi_after=15, roi_radius=12, roi_max_dilation=4),
+    labels=LabelConfig(downsample="nearest"),
+    features=FeatureConfig(layer="head", stride=4, colorspace="lab", backbone="mast_resnet18",
+                           reference_backbone="MAST ResNet-18 stride 4, 64-d post_convolution (zlai0/MAST)"),
+    compat_flags=("compat_mast_roi",),
+    reference="zlai0/MAST benchmark.py / models/colorizer.py (ref=0, R=12, ROI for dt > 15); training-methods.md "
+              "§4.4; DAVIS-17 val J&F 65.5 (McKee Tab. 6c). Labels are point-sampled at the cell centre (MAST: "
+              "[::4] at offset 0)",
+    expected_weights=("mast",),
+))
+_register(Preset(
+    name="liir",
+    description="LIIR (Li et al. 2022) inference: references {0, 5, t-1, t-3, t-5}, square window radius 14 cells "
+                "on every reference (the ROI is off with the prior), one softmax over the union of the windows on "
+                "raw dot products (no top-k, T=1), then the compactness prior: where a reference's largest weight "
+                "> 0.1 its weights become 2 Gaussian bumps (FWHM 1 cell) at its top-2 matches mixed by the softmax "
+                "of their weights; foreground labels x1.05; hard labels fed back. Stride-4 MAST trunk, Lab input.",
+    propagation=PropagationConfig(aggregation="overall", topk=0, normalizer="softmax", temperature=1.0,
+                                  norm_stage="topk", references="mast", localization="window", window="square",
+                                  radius=14, window_long_term=True, feature_norm=False, requantize=True,
+                                  compactness_k=2, compactness_threshold=0.1, compactness_fwhm=1.0,
+                                  foreground_boost=1.05),
+    labels=LabelConfig(downsample="nearest"),
+    features=FeatureConfig(layer="head", stride=4, colorspace="lab", backbone="mast_resnet18",
+                           reference_backbone="LIIR ResNet-18 stride 4 + 1-D absolute position encoding, 64-d head"),
+    reference="shasha521/LIIR_pytorch evaluate_davis.py (R=14, k=2, threshold 0.1, x1.05); LIIR App. A Tab. A.1 "
+              "(k=2 at inference best, 72.1 DAVIS-17 J&F); training-methods.md §1.5, §1.7",
+    expected_weights=("liir",),  # no loader for LIIR checkpoints (position encoding) yet: runs always warn
+))
+
+
 def get_preset(name: str | Preset, compat: bool = False, **overrides: Any) -> Preset:
     """Look up a preset by name and apply ``compat`` quirks and overrides."""
     if isinstance(name, Preset):

@@ -16,7 +16,17 @@ import torch
 
 from ..config import PropagationConfig, Preset, get_preset
 from ..errors import InputError
-from .localization import compactness_weights, roi_coarse_offset, roi_label_weights, roi_positions, roi_values
+from .localization import (
+    box_from_coords,
+    box_mask,
+    box_usable,
+    compactness_weights,
+    roi_coarse_offset,
+    roi_label_weights,
+    roi_positions,
+    roi_values,
+    tight_box,
+)
 from .affinity import (
     TopK,
     dense_topk,
@@ -40,6 +50,8 @@ class _Entry:
     padded: torch.Tensor | None = None
     restricted: bool = True
     index: int = 0  # frame index counted from the (first) labelled frame
+    boxes: dict | None = None  # UVC track: object channel -> Box | None
+    mass: dict | None = None  # UVC track: object channel -> number of cells where it is the argmax
 
 
 class PropagationEngine:
@@ -74,6 +86,7 @@ class PropagationEngine:
         short_len = 5 if config.references == "mast" else max(config.context, 0)
         self._short: collections.deque[_Entry] = collections.deque(maxlen=short_len or None)
         self._t = 0  # index of the newest frame in memory (the labelled frame is 0)
+        self._pending_boxes: dict | None = None  # UVC track: the boxes of the frame last predicted
         self._num_channels = 0
         self._workspace: torch.Tensor | None = None  # chunk buffer of the frame's dense matches
 
@@ -114,7 +127,10 @@ class PropagationEngine:
         if self._shape is None:
             self._shape = tuple(f.shape)
             self._num_channels = labels.shape[0]
-        self._long.append(self._entry(f, labels, restricted=self.cfg.window_long_term, index=self._t))
+        entry = self._entry(f, labels, restricted=self.cfg.window_long_term, index=self._t)
+        if self.cfg.localization == "track":
+            self._track_state(entry, None, self.cfg.track_init_margin)
+        self._long.append(entry)
         if len(self._long) > self.cfg.long_term:
             self._long.pop(0)
 
@@ -136,7 +152,8 @@ class PropagationEngine:
         entries = list(self._long)
         short = list(self._short)
         if self.cfg.compat_pad_first and len(short) < self.cfg.context:
-            pad = [_Entry(e.flat, e.labels, None, True) for e in self._long[:1]] * (self.cfg.context - len(short))
+            pad = [_Entry(e.flat, e.labels, None, True, e.index, e.boxes, e.mass)
+                   for e in self._long[:1]] * (self.cfg.context - len(short))
             short = pad + short
         return entries + short
 
@@ -160,6 +177,9 @@ class PropagationEngine:
     def _remember(self, f: torch.Tensor, stored: torch.Tensor) -> None:
         self._t += 1
         entry = self._entry(f, stored, restricted=True, index=self._t)
+        if self.cfg.localization == "track":
+            self._track_state(entry, self._pending_boxes, self.cfg.track_init_margin)
+        self._pending_boxes = None
         if self.cfg.references == "mast" and self._t == 5:  # MAST/LIIR keep frame 5 for good
             entry.restricted = self.cfg.window_long_term
             self._long.append(entry)
@@ -261,12 +281,16 @@ class PropagationEngine:
         reduce = None
         if cfg.norm_stage != "topk":
             reduce = "sum" if cfg.normalizer == "sum" else "lse"
+        if cfg.localization == "roi" or cfg.compactness_k:
+            return self._finish(self._aggregate_union(q, entries), h, w)
         need_tiles = self._offsets is not None and cfg.norm_stage != "before-restriction" \
             and not cfg.compat_mask_before_exp and any(e.restricted for e in entries)
         qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if need_tiles else None
         k = cfg.topk
         C = entries[0].labels.shape[0]
         hw = h * w
+        if cfg.localization == "track":
+            return self._finish(self._aggregate_track(q, entries), h, w)
         if cfg.aggregation == "per-frame":
             out = torch.zeros(h * w, C, dtype=q.dtype)
             for e in entries:
@@ -276,8 +300,6 @@ class PropagationEngine:
                 out += _gather_weighted(e.labels, tk.index, wts)
             out /= len(entries)
             return self._finish(out, h, w)
-        if cfg.localization == "roi" or cfg.compactness_k:
-            return self._finish(self._aggregate_union(q, qt, entries), h, w)
         # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
         per = [self._frame_topk(q, qt, e, k, reduce) for e in entries]
         values = torch.cat([p.values for p in per], dim=1)
@@ -298,56 +320,130 @@ class PropagationEngine:
         out = _gather_weighted(labels, index, wts)
         return self._finish(out, h, w)
 
-    def _aggregate_union(self, q: torch.Tensor, qt: torch.Tensor | None, entries: list[_Entry]) -> torch.Tensor:
+    def _aggregate_union(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
         """One softmax over the union of every context frame's candidates (MAST/LIIR, ``topk=0``), with MAST's
-        predicted windows for far references and LIIR's compactness prior. Returns ``[hw, C]``."""
+        predicted windows for far references and LIIR's compactness prior. Returns ``[hw, C]``.
+
+        Works on chunks of target locations; each context frame's candidates of a chunk are gathered (window
+        cells, or the bilinear corners of the predicted window), so memory is ``O(chunk * window * D)`` and the
+        cost linear in the number of locations."""
         cfg = self.cfg
         D, h, w = q.shape
         hw = h * w
         t = self._t + 1
         qflat = q.reshape(D, hw).t()
-        blocks = []  # (entry, values [hw, K], index [hw, K] | None, roi positions info | None)
-        last_offset = None
-        for e in entries:
-            if cfg.localization == "roi" and t - e.index > cfg.roi_after:
+        R = int(cfg.radius)
+        win = self._offsets.nonzero().to(torch.long) - (self._offsets.shape[0] - 1) // 2  # [P, 2] (dy, dx)
+        roi = [cfg.localization == "roi" and t - e.index > cfg.roi_after for e in entries]
+        last_roi = max((i for i, r in enumerate(roi) if r), default=None)
+        C = entries[0].labels.shape[0]
+        out = torch.zeros(hw, C, dtype=q.dtype)
+        step = max(1, self.chunk // 8)
+        for s in range(0, hw, step):
+            rows = torch.arange(s, min(hw, s + step))
+            qc = qflat[s:s + len(rows)]
+            ty, tx = torch.div(rows, w, rounding_mode="floor"), rows % w
+            blocks = []  # (entry, values [n, K], index [n, K] | None, roi label positions | None)
+            offsets = {}
+            for i, e in enumerate(entries):
+                if not roi[i]:
+                    py, px = ty[:, None] + win[None, :, 0], tx[:, None] + win[None, :, 1]
+                    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)  # every frame is windowed here
+                    index = py.clamp(0, h - 1) * w + px.clamp(0, w - 1)
+                    v = torch.einsum("nd,nkd->nk", qc, e.flat[index])
+                    v = torch.where(inside, v, torch.full((), float("-inf"), dtype=v.dtype))
+                    blocks.append((e, v, index, None))
+                    continue
                 dil = min(cfg.roi_max_dilation, (t - e.index) // cfg.roi_after + 1)
-                vals, offs = [], []
-                for s in range(0, hw, self.chunk):
-                    rows = torch.arange(s, min(hw, s + self.chunk))
-                    aff = qflat[s:s + len(rows)] @ e.flat.t()
-                    o = roi_coarse_offset(aff, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
-                    pos = roi_positions(rows, o, h, w, int(cfg.radius), cfg.compat_mast_roi)
-                    vals.append(roi_values(aff, pos, h, w))
-                    offs.append(o)
-                last_offset = torch.cat(offs)
-                blocks.append([e, torch.cat(vals), None, last_offset])
-            else:
-                tk = self._frame_topk(q, qt, e, 0, None)
-                blocks.append([e, tk.values, tk.index, None])
-        if cfg.compat_mast_roi and last_offset is not None:  # MAST bug 1: labels read with the last offset
-            for b in blocks:
-                if b[3] is not None:
-                    b.append(last_offset)
-        values = torch.cat([b[1] for b in blocks], dim=1)
-        wts = self._weights(values, None)
-        out = torch.zeros(hw, entries[0].labels.shape[0], dtype=q.dtype)
-        start = 0
-        for b in blocks:
-            e, v, index, offset = b[0], b[1], b[2], b[3]
-            wb = wts[:, start:start + v.shape[1]]
-            start += v.shape[1]
-            if index is not None:
-                if cfg.compactness_k:
-                    wb = compactness_weights(wb, v, index, w, cfg.compactness_k, cfg.compactness_threshold,
-                                             cfg.compactness_fwhm)
-                out += _gather_weighted(e.labels, index, wb)
-                continue
-            label_offset = b[4] if len(b) > 4 else offset
-            for s in range(0, hw, self.chunk):
-                rows = torch.arange(s, min(hw, s + self.chunk))
-                pos = roi_positions(rows, label_offset[s:s + len(rows)], h, w, int(cfg.radius), cfg.compat_mast_roi)
-                out[s:s + len(rows)] += roi_label_weights(wb[s:s + len(rows)], pos, h, w) @ e.labels.t()
+                o = roi_coarse_offset(qc, e.flat, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
+                offsets[i] = o
+                pos = roi_positions(rows, o, h, w, R, cfg.compat_mast_roi)
+                blocks.append((e, roi_values(qc, e.flat, pos, h, w), None, i))
+            values = torch.cat([b[1] for b in blocks], dim=1)
+            wts = self._weights(values, None)
+            col = 0
+            for e, v, index, roi_i in blocks:
+                wb = wts[:, col:col + v.shape[1]]
+                col += v.shape[1]
+                if index is not None:
+                    if cfg.compactness_k:
+                        wb = compactness_weights(wb, v, index, w, cfg.compactness_k, cfg.compactness_threshold,
+                                                 cfg.compactness_fwhm)
+                    out[s:s + len(rows)] += _gather_weighted(e.labels, index, wb)
+                    continue
+                # MAST bug 1 (compat): every far reference's labels are read with the last offset computed
+                o = offsets[last_roi] if cfg.compat_mast_roi else offsets[roi_i]
+                pos = roi_positions(rows, o, h, w, R, cfg.compat_mast_roi)
+                out[s:s + len(rows)] += roi_label_weights(wb, pos, h, w) @ e.labels.t()
         return out
+
+    # ------------------------------------------------------------------ UVC track
+    def _track_state(self, entry: _Entry, boxes: dict | None, margin: float) -> None:
+        """Per-object cell counts of a context frame and its boxes (given, else tight boxes + ``margin``)."""
+        hard = entry.labels.argmax(0)
+        w = self._shape[2]
+        entry.mass = {o: int((hard == o).sum()) for o in range(1, entry.labels.shape[0])}
+        if boxes is None:
+            boxes = {o: tight_box((hard == o).nonzero().reshape(-1), w, margin) for o in entry.mass}
+        entry.boxes = dict(boxes)
+
+    def _target_boxes(self, q: torch.Tensor, entries: list[_Entry]) -> dict:
+        """UVC: each object's box in the target frame from the soft-argmax target positions of its cells in the
+        newest context frame (softmax over target locations of their affinities / T), size-smoothed with that
+        frame's box. ``None`` when the object has fewer than 2 cells there."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        ref = max(entries, key=lambda e: e.index)
+        qflat_t = q.reshape(D, h * w)
+        grid = torch.stack(torch.meshgrid(torch.arange(h, dtype=q.dtype), torch.arange(w, dtype=q.dtype),
+                                          indexing="ij"), -1).reshape(-1, 2)
+        hard = ref.labels.argmax(0)
+        boxes = {}
+        for o in range(1, ref.labels.shape[0]):
+            cells = (hard == o).nonzero().reshape(-1)
+            if cells.numel() < 2:
+                boxes[o] = None
+                continue
+            coords = torch.cat([torch.softmax((ref.flat[cells[s:s + self.chunk]] @ qflat_t) / cfg.temperature, 1) @ grid
+                                for s in range(0, cells.numel(), self.chunk)])
+            boxes[o] = box_from_coords(coords, ref.boxes.get(o) if ref.boxes else None, cfg.track_mad,
+                                       cfg.track_margin, cfg.track_ema, cfg.track_bandwidth, cfg.track_sigma)
+        return boxes
+
+    def _aggregate_track(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
+        """UVC ``track``: per context frame, a softmax over all its locations (before restriction); background
+        from the whole frame, each object from the top-k of its box in that frame for the targets in its box in
+        the target frame (0 elsewhere), weights not renormalised; plain full-frame top-k for an object without a
+        target box or that disappeared in that frame (fewer than 3 cells or a box under 3 cells a side);
+        predictions averaged over the context frames. Returns ``[hw, C]``."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        hw = h * w
+        boxes_t = self._target_boxes(q, entries)
+        self._pending_boxes = boxes_t
+        qflat = q.reshape(D, hw).t()
+        C = entries[0].labels.shape[0]
+        k = hw if cfg.topk == 0 else min(cfg.topk, hw)
+        target_in = {o: box_mask(b, h, w) for o, b in boxes_t.items() if box_usable(b, h, w)}
+        out = torch.zeros(hw, C, dtype=q.dtype)
+        for e in entries:
+            mass, boxes = e.mass or {}, e.boxes or {}
+            restrict = {o: box_mask(boxes[o], h, w) for o in target_in
+                        if mass.get(o, 0) >= 3 and box_usable(boxes.get(o), h, w)}
+            for s in range(0, hw, self.chunk):
+                a = qflat[s:s + self.chunk] @ e.flat.t()
+                lse = torch.logsumexp(a / cfg.temperature, dim=1, keepdim=True)
+                v, i = torch.topk(a, k, dim=1)
+                plain = _gather_weighted(e.labels, i, torch.exp(v / cfg.temperature - lse))
+                part = out[s:s + self.chunk]
+                part += plain
+                for o, ref_in in restrict.items():
+                    v, i = torch.topk(a.masked_fill(~ref_in[None, :], float("-inf")), k, dim=1)
+                    wo = torch.exp(v / cfg.temperature - lse)
+                    val = (wo * e.labels[o][i]).sum(1)
+                    part[:, o] += torch.where(target_in[o][s:s + self.chunk], val, torch.zeros((), dtype=val.dtype)) \
+                        - plain[:, o]
+        return out / len(entries)
 
     def _finish(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         labels = out.t().reshape(-1, h, w).contiguous()

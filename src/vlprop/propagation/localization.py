@@ -7,6 +7,9 @@ memory stays ``O(chunk * h * w)`` whatever the video length.
 
 ROI (MAST ``models/colorizer.py``, read as a specification in shared/specs/training-methods.md §4.4):
 
+Memory is ``O(n * window * D)`` per chunk of ``n`` targets: candidate features are gathered, never a dense
+``hw x hw`` affinity.
+
 1. coarse match of target location ``i`` against reference ``r`` at dilated offsets
    ``a(i, delta) = <f_t(i), f_r(i + d * delta)>`` for ``delta in [-Rc, Rc]^2`` (0 where ``i + d * delta`` is
    outside the frame, as zero-padded features give), ``p = softmax(a / T)`` over the ``(2Rc+1)^2`` offsets;
@@ -32,21 +35,22 @@ def _offsets(radius: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
 
 
-def roi_coarse_offset(aff: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int, radius: int,
-                      temperature: float) -> torch.Tensor:
+def roi_coarse_offset(q: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int,
+                      radius: int, temperature: float) -> torch.Tensor:
     """Soft-argmax offset ``o(i)`` ``[n, 2]`` (cells, ``(dy, dx)``) of a chunk of target locations.
 
-    aff: ``[n, h*w]`` dot products of the chunk's targets with every location of the reference frame;
-    rows: ``[n]`` flat indices of those targets.
+    q: ``[n, D]`` target features of the chunk; ref: ``[h*w, D]`` reference features; rows: ``[n]`` flat
+    indices of the targets.
     """
-    off = _offsets(radius, aff.dtype)  # [P, 2]
+    off = _offsets(radius, q.dtype)  # [P, 2]
     ty = torch.div(rows, w, rounding_mode="floor")
     tx = rows % w
     py = ty[:, None] + dilation * off[None, :, 0].long()
     px = tx[:, None] + dilation * off[None, :, 1].long()
     inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
-    idx = (py.clamp(0, h - 1) * w + px.clamp(0, w - 1))
-    a = torch.where(inside, torch.gather(aff, 1, idx), torch.zeros((), dtype=aff.dtype))
+    idx = py.clamp(0, h - 1) * w + px.clamp(0, w - 1)
+    a = torch.einsum("nd,npd->np", q, ref[idx])
+    a = torch.where(inside, a, torch.zeros((), dtype=a.dtype))
     p = torch.softmax(a / temperature, dim=1)
     return dilation * (p @ off)
 
@@ -81,13 +85,13 @@ def bilinear_corners(pos: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, t
     return torch.stack(idx, -1), torch.stack(wts, -1), touches
 
 
-def roi_values(aff: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Affinities ``[n, P]`` of the bilinearly sampled reference features at ``pos [n, P, 2]`` (``-inf`` for
-    positions that do not touch the frame). ``<f_t, sum_c w_c f_r(c)> = sum_c w_c <f_t, f_r(c)>``, so the
-    samples are read from the chunk's dense dot products ``aff [n, h*w]``."""
+def roi_values(q: torch.Tensor, ref: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Affinities ``[n, P]`` of the targets ``q [n, D]`` with the reference features ``ref [h*w, D]`` sampled
+    bilinearly at ``pos [n, P, 2]`` (``-inf`` for positions that do not touch the frame):
+    ``<f_t, sum_c w_c f_r(c)> = sum_c w_c <f_t, f_r(c)>`` over the four corners ``c``."""
     idx, wts, touches = bilinear_corners(pos, h, w)
     n, P = pos.shape[:2]
-    a = torch.gather(aff, 1, idx.reshape(n, P * 4)).reshape(n, P, 4)
+    a = torch.einsum("nd,nkd->nk", q, ref[idx.reshape(n, P * 4)]).reshape(n, P, 4)
     v = (a * wts).sum(-1)
     return torch.where(touches, v, torch.full((), NEG_INF, dtype=v.dtype))
 
@@ -125,3 +129,70 @@ def compactness_weights(weights: torch.Tensor, values: torch.Tensor, index: torc
     bumps = (pi[:, None, :] * torch.exp(-4.0 * math.log(2.0) * d2 / fwhm ** 2)).sum(-1)
     bumps = torch.where(finite, bumps, torch.zeros((), dtype=bumps.dtype))
     return torch.where((conf > threshold)[:, None], bumps, weights)
+
+
+# ----------------------------------------------------------------------------- UVC "track" boxes
+# A box is (cy, cx, ry, rx) in grid cells: centre and half-extent; cell (y, x) is inside iff |y - cy| <= ry and
+# |x - cx| <= rx. ``None`` = no box (the object propagates over the full frame).
+Box = tuple[float, float, float, float]
+
+
+def box_mask(box: Box, h: int, w: int) -> torch.Tensor:
+    """``[h*w]`` bool: the cells inside ``box``."""
+    cy, cx, ry, rx = box
+    ys = torch.arange(h, dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    iny = (ys - cy).abs() <= ry
+    inx = (xs - cx).abs() <= rx
+    return (iny[:, None] & inx[None, :]).reshape(-1)
+
+
+def box_usable(box: Box | None, h: int, w: int, min_side: int = 3) -> bool:
+    """A box covering at least ``min_side`` cells along both axes inside the frame (UVC: smaller = disappeared)."""
+    if box is None:
+        return False
+    cy, cx, ry, rx = box
+    ys = torch.arange(h, dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    return int(((ys - cy).abs() <= ry).sum()) >= min_side and int(((xs - cx).abs() <= rx).sum()) >= min_side
+
+
+def tight_box(cells: torch.Tensor, w: int, margin: float) -> Box | None:
+    """Box around the flat cell indices ``cells`` (covering them fully), half-extents scaled by ``1 + margin``."""
+    if cells.numel() == 0:
+        return None
+    ys = torch.div(cells, w, rounding_mode="floor").double()
+    xs = (cells % w).double()
+    y0, y1, x0, x1 = float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())
+    return ((y0 + y1) / 2, (x0 + x1) / 2, ((y1 - y0) / 2 + 0.5) * (1 + margin), ((x1 - x0) / 2 + 0.5) * (1 + margin))
+
+
+def mean_shift(points: torch.Tensor, bandwidth: float, sigma: float, tol: float = 0.1,
+               max_iter: int = 100) -> torch.Tensor:
+    """Mode ``[2]`` of ``points [n, 2]``: start at the point nearest their mean, then move to the Gaussian-weighted
+    (``sigma``) mean of the points within ``bandwidth`` until the step's L1 length is below ``tol``."""
+    pts = points.double()
+    m = pts[((pts - pts.mean(0)) ** 2).sum(1).argmin()]
+    for _ in range(max_iter):
+        d2 = ((pts - m) ** 2).sum(1)
+        wts = torch.exp(-d2 / (2 * sigma ** 2)) * (d2 <= bandwidth ** 2)
+        new = (wts[:, None] * pts).sum(0) / wts.sum()
+        done = float((new - m).abs().sum()) < tol
+        m = new
+        if done:
+            break
+    return m
+
+
+def box_from_coords(coords: torch.Tensor, prev: Box | None, mad: float, margin: float, ema: float,
+                    bandwidth: float, sigma: float) -> Box:
+    """UVC's target box from the soft-argmax coordinates ``[n, 2]`` of an object's cells: centre ``c`` = mean-shift
+    mode, half-extent ``mad * mean|coords - c|`` per axis enlarged by ``1 + margin``, then the half-extent
+    smoothed with the previous box's, ``ema * new + (1 - ema) * prev`` (the centre is the new one)."""
+    c = mean_shift(coords, bandwidth, sigma)
+    d = (coords.double() - c).abs().mean(0)
+    ry, rx = float(mad * d[0] * (1 + margin)), float(mad * d[1] * (1 + margin))
+    if prev is not None:
+        ry = ema * ry + (1 - ema) * prev[2]
+        rx = ema * rx + (1 - ema) * prev[3]
+    return float(c[0]), float(c[1]), ry, rx
