@@ -31,6 +31,9 @@ EXPECTED = {
     "stt": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.07, context=20, long_term=1,
                 window="square", radius=12, window_long_term=True, feature_norm=True, label_norm="none",
                 requantize=False),
+    # reference-implementations.md §2.1 (CRW VIP command --videoLen 4 --cropSize 560)
+    "crw-vip": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05, context=4,
+                    window="disk", radius=12, window_long_term=False),
     # training-methods.md §3.2 (UVC test_with_track) and McKee Tab. 4 (per-frame, n = 7, k = 5)
     "uvc-track": dict(aggregation="per-frame", topk=5, normalizer="softmax", temperature=1.0, context=7,
                       norm_stage="before-restriction", window="none", feature_norm=False,
@@ -55,6 +58,7 @@ EXPECTED_INPUT = {
     "mckee-imagenet": (dict(layer="res3", stride=8, input_scale=2.0), ("imagenet",)),
     "dino": (dict(), ("imagenet",)),
     "stt": (dict(layer="res3", stride=8, colorspace="lab", size=None), ("stt",)),
+    "crw-vip": (dict(layer="res3", stride=8, size=(560, 560), short_side=None), ("crw",)),
     "uvc-track": (dict(layer="res4", stride=8, colorspace="lab_l", size=None), ("uvc",)),
     "mast": (dict(layer="head", stride=4, colorspace="lab", backbone="mast_resnet18"), ("mast",)),
     "liir": (dict(layer="head", stride=4, colorspace="lab", backbone="mast_resnet18"), ("liir",)),

@@ -482,6 +482,20 @@ _register(Preset(
 
 
 _register(Preset(
+    name="crw-vip",
+    description="CRW VIP semantic-part protocol: overall top-10, softmax T=0.05, first frame + 4 previous, disk "
+                "radius 12 not on the first frame, frames resized to a 560x560 square (aspect not kept).",
+    propagation=PropagationConfig(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05, context=4,
+                                  window="disk", radius=12, window_long_term=False),
+    labels=LabelConfig(downsample="bilinear"),
+    features=FeatureConfig(layer="res3", stride=8, size=(560, 560),
+                           reference_backbone="resnet18 (CRW pretrained.pth), 560x560 input"),
+    compat_flags=("compat_pad_first",),
+    reference="ajabri/videowalk test.py --videoLen 4 --cropSize 560 (issue #10) + eval_vip.py; paper VIP mIoU 38.6 "
+              "(released model 37.12)",
+    expected_weights=("crw",),
+))
+_register(Preset(
     name="uvc-track",
     description="UVC 'track' inference (McKee Tab. 4/6(b)): per-frame aggregation over first frame + 7 previous, "
                 "each context frame's softmax over all its locations (T=1, raw 512-d res4 features of the grey "
