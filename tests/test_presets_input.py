@@ -107,3 +107,17 @@ def test_loaded_checkpoints_record_their_layout(tmp_path):
     loaded = create_backbone("resnet18", layer="res2", weights=str(path))
     assert weights_kind(loaded, str(path)) == {"vlprop"}
     assert weights_kind(net, "random") == {"random"}
+
+
+def test_session_and_cli_set_size_and_colour_space():
+    from vlprop.cli.options import model_spec_from_args
+    from vlprop.session import Propagator
+
+    prop = Propagator(preset="crw", weights="random", size=(48, 64), colorspace="lab")
+    assert prop.extractor.size == (48, 64) and prop.extractor.colorspace == "lab"
+    assert prop.extractor.resized_size(480, 854) == (48, 64)
+    import argparse
+
+    args = argparse.Namespace(preset="crw", size="320x320", colorspace="lab_l", set=None)
+    p = model_spec_from_args(args).resolve().preset
+    assert p.features.size == (320, 320) and p.features.colorspace == "lab_l"
