@@ -324,17 +324,21 @@ class PropagationEngine:
         """One softmax over the union of every context frame's candidates (MAST/LIIR, ``topk=0``), with MAST's
         predicted windows for far references and LIIR's compactness prior. Returns ``[hw, C]``.
 
-        Works on chunks of target locations; each context frame's candidates of a chunk are gathered (window
-        cells, or the bilinear corners of the predicted window), so memory is ``O(chunk * window * D)`` and the
-        cost linear in the number of locations."""
+        Window candidates come from the tiled window kernel (``[hw, window cells]`` per frame); the predicted
+        windows of far references are gathered per chunk of targets (bilinear corners), memory
+        ``O(chunk * window * D)``; the softmax, the prior and the label sums run per chunk."""
         cfg = self.cfg
         D, h, w = q.shape
         hw = h * w
         t = self._t + 1
         qflat = q.reshape(D, hw).t()
         R = int(cfg.radius)
-        win = self._offsets.nonzero().to(torch.long) - (self._offsets.shape[0] - 1) // 2  # [P, 2] (dy, dx)
         roi = [cfg.localization == "roi" and t - e.index > cfg.roi_after for e in entries]
+        # window candidates of every location at once with the tiled window kernel (k = the window's cell count
+        # keeps exactly the in-window, in-frame cells; -inf pads the border)
+        kwin = int(self._offsets.sum())
+        qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if not all(roi) else None
+        windowed = [None if r else self._frame_topk(q, qt, e, kwin, None) for e, r in zip(entries, roi)]
         last_roi = max((i for i, r in enumerate(roi) if r), default=None)
         C = entries[0].labels.shape[0]
         out = torch.zeros(hw, C, dtype=q.dtype)
@@ -342,17 +346,12 @@ class PropagationEngine:
         for s in range(0, hw, step):
             rows = torch.arange(s, min(hw, s + step))
             qc = qflat[s:s + len(rows)]
-            ty, tx = torch.div(rows, w, rounding_mode="floor"), rows % w
             blocks = []  # (entry, values [n, K], index [n, K] | None, roi label positions | None)
             offsets = {}
             for i, e in enumerate(entries):
                 if not roi[i]:
-                    py, px = ty[:, None] + win[None, :, 0], tx[:, None] + win[None, :, 1]
-                    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)  # every frame is windowed here
-                    index = py.clamp(0, h - 1) * w + px.clamp(0, w - 1)
-                    v = torch.einsum("nd,nkd->nk", qc, e.flat[index])
-                    v = torch.where(inside, v, torch.full((), float("-inf"), dtype=v.dtype))
-                    blocks.append((e, v, index, None))
+                    tk = windowed[i]
+                    blocks.append((e, tk.values[s:s + len(rows)], tk.index[s:s + len(rows)], None))
                     continue
                 dil = min(cfg.roi_max_dilation, (t - e.index) // cfg.roi_after + 1)
                 o = roi_coarse_offset(qc, e.flat, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
