@@ -24,7 +24,8 @@ EXPECTED = {
     "mckee-imagenet": dict(aggregation="overall", topk=5, normalizer="softmax", temperature=1.0, context=20,
                            window="disk", radius=12, window_long_term=False, feature_norm=True),
     "uvc-perframe": dict(aggregation="per-frame", topk=5, temperature=1.0, context=7,
-                         norm_stage="before-restriction", window="none", feature_norm=False),
+                         norm_stage="before-restriction", window="none", feature_norm=False,
+                         label_norm="channel-minmax"),
     "waldmann-jhmdb": dict(aggregation="overall", topk=20, normalizer="softmax", context=20, window="square",
                            radius=12, window_long_term=True),
     "crw-jhmdb": dict(aggregation="overall", topk=10, temperature=0.05, context=7, window="disk", radius=12,
@@ -32,7 +33,51 @@ EXPECTED = {
     # WALD _reported_configs/DAVIS2016val-zvos (spec §1.2): k=20, dino normaliser, r=12, num_context 1
     "waldmann-zvos": dict(aggregation="overall", topk=20, normalizer="exp", temperature=0.1, context=1,
                           long_term=1, window="square", radius=12, window_long_term=True, label_norm="none"),
+    # training-methods.md §2.8 (STT configs/test: neighbor_range 24 at stride 8, topk 10, T 0.07, 20 + first)
+    "stt": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.07, context=20, long_term=1,
+                window="square", radius=12, window_long_term=True, feature_norm=True, label_norm="none",
+                requantize=False),
+    # reference-implementations.md §2.1 (CRW VIP command --videoLen 4 --cropSize 560)
+    "crw-vip": dict(aggregation="overall", topk=10, normalizer="softmax", temperature=0.05, context=4,
+                    window="disk", radius=12, window_long_term=False),
+    # training-methods.md §3.2 (UVC test_with_track) and McKee Tab. 4 (per-frame, n = 7, k = 5)
+    "uvc-track": dict(aggregation="per-frame", topk=5, normalizer="softmax", temperature=1.0, context=7,
+                      norm_stage="before-restriction", window="none", feature_norm=False,
+                      label_norm="channel-minmax", localization="track", track_init_margin=0.6, track_margin=1.0,
+                      track_ema=0.1, track_bandwidth=5.0, track_sigma=4.0, track_mad=2.0),
+    # training-methods.md §4.4 (MAST benchmark/colorizer) and §1.5/§1.7 (LIIR evaluate_davis, App. A)
+    "mast": dict(aggregation="overall", topk=0, normalizer="softmax", temperature=1.0, norm_stage="topk",
+                 references="mast", localization="roi", window="square", radius=12, window_long_term=True,
+                 feature_norm=False, requantize=True, roi_after=15, roi_radius=12, roi_max_dilation=4,
+                 compactness_k=0, compat_mast_roi=False),
+    "liir": dict(aggregation="overall", topk=0, normalizer="softmax", temperature=1.0, references="mast",
+                 localization="window", window="square", radius=14, window_long_term=True, feature_norm=False,
+                 requantize=True, compactness_k=2, compactness_threshold=0.1, compactness_fwhm=1.0,
+                 foreground_boost=1.05),
 }
+
+# (preset, feature/input settings, expected weights) from the same tables and training-methods.md §1.1, §2.8, §3.1
+EXPECTED_INPUT = {
+    "uvc-perframe": (dict(layer="res4", stride=8, colorspace="lab_l", size=None), ("uvc",)),
+    "waldmann-jhmdb": (dict(layer="res4", stride=8, colorspace="lab_l", input_scale=2.0), ("uvc",)),
+    "crw-jhmdb": (dict(layer="res3", stride=8, size=(320, 320), short_side=None), ("crw",)),
+    "mckee-imagenet": (dict(layer="res3", stride=8, input_scale=2.0), ("imagenet",)),
+    "dino": (dict(), ("imagenet",)),
+    "stt": (dict(layer="res3", stride=8, colorspace="lab", size=None), ("stt",)),
+    "crw-vip": (dict(layer="res3", stride=8, size=(560, 560), short_side=None), ("crw",)),
+    "uvc-track": (dict(layer="res4", stride=8, colorspace="lab_l", size=None), ("uvc",)),
+    "mast": (dict(layer="head", stride=4, colorspace="lab", backbone="mast_resnet18"), ("mast",)),
+    "liir": (dict(layer="head", stride=4, colorspace="lab", backbone="mast_resnet18"), ("liir",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_INPUT))
+def test_preset_input_settings_and_expected_weights_match_the_reference(name):
+    feats, weights = EXPECTED_INPUT[name]
+    p = PRESETS[name]
+    for key, value in feats.items():
+        assert getattr(p.features, key) == value, (name, key)
+    assert p.expected_weights == weights
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -68,6 +113,7 @@ def test_compat_switches_on_only_the_documented_quirks():
     assert get_preset("waldmann-davis", compat=True).propagation.compat_mask_before_exp
     assert get_preset("waldmann-jhmdb", compat=True).propagation.compat_softmax_zeros
     assert get_preset("dino", compat=True) == PRESETS["dino"]  # no quirks needed for DINO's protocol
+    assert get_preset("mast", compat=True).propagation.compat_mast_roi
 
 
 def test_overrides_reach_the_right_config_and_bad_values_are_rejected():

@@ -153,9 +153,9 @@ class _WorldExtractor:
 
 
 # Mean / max error (px) of the 4 blob centres over frames 1..11 with a seeded random-init ResNet-18 (seed 0),
-# video seed 0, as measured: waldmann-jhmdb 0.83 / 2.45, crw-jhmdb 1.92 / 3.54 (the test prints them).
-# Thresholds are ~1.5x the measurement.
-@pytest.mark.parametrize("preset,mean_max,max_max", [("waldmann-jhmdb", 1.3, 3.7), ("crw-jhmdb", 2.9, 5.3)])
+# video seed 0, as measured: waldmann-jhmdb 1.00 / 1.90 (UVC's res4 on the Lab-lightness input), crw-jhmdb
+# 2.94 / 5.10 (frames squashed to CRW's 320x320 square) (the test prints them). Thresholds are ~1.5x the measurement.
+@pytest.mark.parametrize("preset,mean_max,max_max", [("waldmann-jhmdb", 1.5, 2.9), ("crw-jhmdb", 4.4, 7.7)])
 def test_textured_blobs_on_known_trajectories_are_followed(preset, mean_max, max_max):
     frames, centres = blob_video(seed=0)
     # a fifth keypoint is invisible on the labelled frame: it must never appear

@@ -163,17 +163,71 @@ def _factory_choices(backbone: str, attr: str) -> tuple | None:
     return tuple(values) if values is not None else None
 
 
+def preprocessing_for(net, preset: Preset):
+    """The :class:`~vlprop.backbones.preprocessing.Preprocessing` a network is fed under a preset.
+
+    Rule: weights that fix their input (``net.preprocessing``, e.g. a vlprop checkpoint that recorded it) win;
+    if the preset asks for another colour space, a warning says so and the weights' input is used. Otherwise
+    the preset's ``features.colorspace`` decides: ``lab`` -> normalised Lab ``(L-50)/50, a/127, b/127``
+    (MAST/LIIR/STT), ``lab_l`` -> Lab lightness replicated to 3 channels with ImageNet mean/std (UVC), ``rgb``
+    or ``None`` -> ImageNet mean/std on sRGB. ``None`` is returned when nothing is to be changed.
+    """
+    from .backbones.preprocessing import IMAGENET, LAB, Preprocessing
+
+    own = getattr(net, "preprocessing", None)
+    wanted = preset.features.colorspace
+    if own is not None:
+        if wanted is not None and wanted != own.colorspace:
+            log.warning("preset %r feeds %s input, but these weights were trained on %s input (%s); using the "
+                        "weights' preprocessing", preset.name, wanted, own.colorspace, own.name)
+        return own
+    if wanted is None:
+        return None
+    if wanted == "lab":
+        return LAB
+    if wanted == "lab_l":
+        return Preprocessing(colorspace="lab_l", name="lab lightness, imagenet mean/std (UVC)")
+    return IMAGENET
+
+
 def extractor_for_network(net, preset: Preset, device: str = "cpu", batch_size: int = 4, autocast: bool = False,
                           resize: bool = True):
-    """A :class:`~vlprop.backbones.FeatureExtractor` on a built network: the network's own preprocessing
-    (``net.preprocessing``) and the preset's input size (``resize=False``: frames go in at their size)."""
+    """A :class:`~vlprop.backbones.FeatureExtractor` on a built network: the input preprocessing of
+    :func:`preprocessing_for` and the preset's input size -- a factor, a short side or a fixed ``(H, W)``
+    (``resize=False``: frames go in at their size)."""
     from .backbones import FeatureExtractor
 
     feats = preset.features
+    pre = preprocessing_for(net, preset)
     if not resize:
-        return FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast)
+        return FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast, preprocessing=pre)
     return FeatureExtractor(net, device=device, input_scale=feats.input_scale, short_side=feats.short_side,
-                            batch_size=batch_size, autocast=autocast)
+                            size=feats.size, batch_size=batch_size, autocast=autocast, preprocessing=pre)
+
+
+def weights_kind(net, weights: str | Path, named: "NamedModel | None" = None) -> set[str]:
+    """What weights a built network carries: ``{"random"}``, ``{"imagenet"}``, or the checkpoint layout it was
+    loaded from (``uvc``, ``mast``, ``vlprop`` ...) plus the named model's name when it is one."""
+    kinds: set[str] = set()
+    if isinstance(weights, str) and weights in ("random", "imagenet"):
+        kinds.add(weights)
+    fmt = getattr(net, "weights_format", None)
+    if fmt:
+        kinds.add(str(fmt))
+    if named is not None:
+        kinds.add(named.name)
+    return kinds or {"unknown"}
+
+
+def check_expected_weights(preset: Preset, kinds: set[str], weights: Any) -> bool:
+    """Warn (and return False) when ``preset`` names the weights its reference needs and these are others."""
+    expected = tuple(getattr(preset, "expected_weights", ()) or ())
+    if not expected or kinds & set(expected):
+        return True
+    log.warning("preset %r reproduces its reference only with %s weights; running with %s (%s): results will "
+                "differ from the reference's", preset.name, " or ".join(expected), weights,
+                ", ".join(sorted(kinds)))
+    return False
 
 
 @dataclass(frozen=True)
@@ -198,7 +252,10 @@ class ResolvedModel:
             kwargs["layer"] = self.layer
         if self.stride is not None:
             kwargs["stride"] = self.stride
-        return create_backbone(self.backbone, **kwargs)
+        net = create_backbone(self.backbone, **kwargs)
+        if self.named is None or self.named.preset != self.preset.name:  # a named model's own preset is by design
+            check_expected_weights(self.preset, weights_kind(net, self.weights, self.named), self.weights)
+        return net
 
     def extractor(self, batch_size: int = 4, autocast: bool = False, resize: bool = True):
         """A :class:`~vlprop.backbones.FeatureExtractor` on :meth:`network` with the preset's input size
@@ -340,5 +397,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-__all__ = ["ModelSpec", "ResolvedModel", "extractor_for_network", "NamedModel", "NAMED_MODELS", "register_named_model", "named_model",
+__all__ = ["ModelSpec", "ResolvedModel", "extractor_for_network", "preprocessing_for", "weights_kind",
+           "check_expected_weights", "NamedModel", "NAMED_MODELS", "register_named_model", "named_model",
            "resolve_weights", "resolve_run_weights", "sha256_file"]

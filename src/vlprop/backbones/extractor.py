@@ -133,6 +133,8 @@ class FeatureExtractor:
         input_scale: resize factor applied to every frame (e.g. 2.0 for x2 upsampling).
         short_side: resize so the short side equals this many pixels (aspect kept); exclusive
             with ``input_scale != 1``.
+        size: resize every frame to this fixed ``(height, width)`` in pixels, aspect NOT kept (CRW JHMDB
+            320x320, VIP 560x560); exclusive with ``short_side`` and ``input_scale != 1``.
         batch_size: frames per forward pass.
         autocast: run under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
         dtype: dtype of the network parameters and inputs (e.g. ``torch.float16`` on GPU).
@@ -143,7 +145,7 @@ class FeatureExtractor:
             backbone's own ``net.preprocessing`` when it has one (the input its weights expect).
 
     Resizing is bilinear (``align_corners=False``), antialiased when shrinking, with sizes
-    rounded half-up: ``short_side`` gives ``(S, round(W*S/H))`` for ``H <= W``; ``input_scale``
+    rounded half-up: ``size`` gives ``size`` whatever the frame; ``short_side`` gives ``(S, round(W*S/H))`` for ``H <= W``; ``input_scale``
     gives ``(round(H*k), round(W*k))``. A ``size_multiple`` > 1 (ViT patch size) then rounds each
     side half-up to the nearest multiple.
     """
@@ -152,7 +154,7 @@ class FeatureExtractor:
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  input_scale: float = 1.0, short_side: int | None = None, batch_size: int = 4,
                  autocast: bool = False, dtype: torch.dtype = torch.float32, colorspace: str = "rgb",
-                 preprocessing: Preprocessing | None = None) -> None:
+                 preprocessing: Preprocessing | None = None, size: tuple[int, int] | None = None) -> None:
         stride = getattr(net, "stride", None)
         if not isinstance(stride, int) or stride < 1:
             raise InputError(f"the backbone must have a positive integer .stride, got {stride!r}")
@@ -163,6 +165,13 @@ class FeatureExtractor:
                 raise InputError(f"short_side must be a positive integer, got {short_side!r}")
             if input_scale != 1.0:
                 raise InputError("give either short_side or input_scale, not both")
+        if size is not None:
+            if (not isinstance(size, (tuple, list)) or len(size) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)):
+                raise InputError(f"size must be (height, width) in positive integer pixels, got {size!r}")
+            if short_side is not None or input_scale != 1.0:
+                raise InputError("give one of size, short_side and input_scale, not several")
+            size = (int(size[0]), int(size[1]))
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if preprocessing is None:
@@ -179,6 +188,7 @@ class FeatureExtractor:
         self.dtype = dtype
         self.input_scale = float(input_scale)
         self.short_side = short_side
+        self.size = size
         self.batch_size = batch_size
         self.autocast = bool(autocast)
         self.preprocessing = preprocessing
@@ -195,7 +205,9 @@ class FeatureExtractor:
         """Network input size ``(H', W')`` for a ``height x width`` frame."""
         if height < 1 or width < 1:
             raise InputError(f"frame size must be positive, got {height}x{width}")
-        if self.short_side is not None:
+        if self.size is not None:
+            size = self.size
+        elif self.short_side is not None:
             scale = self.short_side / min(height, width)
             if height <= width:
                 size = self.short_side, max(1, _round_half_up(width * scale))

@@ -484,6 +484,7 @@ def load_weights(net: nn.Module, weights: str | os.PathLike | CheckpointFile, we
         net.load_state_dict(full, strict=True)
     except RuntimeError as exc:  # e.g. dtype conversions torch refuses
         raise CheckpointError(f"{ckpt.path}: cannot load into {arch}: {exc}") from None
+    net.weights_format = ckpt.format  # which layout the weights came in (presets check what they expect)
     recorded = ckpt.meta.get("preprocessing") if ckpt.format == VLPROP_FORMAT else None
     if isinstance(recorded, Mapping):  # the input the weights were trained on travels with them
         from vlprop.backbones.preprocessing import Preprocessing

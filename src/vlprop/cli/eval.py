@@ -1,5 +1,5 @@
-"""``vlprop eval``: benchmark a propagator on a VOS dataset (``vos``), on keypoint datasets (``pose``), or
-score saved predictions (``score``)."""
+"""``vlprop eval``: benchmark a propagator on a VOS dataset (``vos``), on keypoint datasets (``pose``), on VIP
+semantic parts (``parts``), or score saved predictions (``score``)."""
 from __future__ import annotations
 
 import argparse
@@ -59,6 +59,7 @@ def add_commands(sub) -> None:
 
     add_pose_command(esub)
     add_points_command(esub)
+    add_parts_command(esub)
     from vlprop.cli.zero_shot import add_eval_command
 
     add_eval_command(esub)
@@ -197,6 +198,45 @@ def add_pose_command(eval_subparsers) -> Any:
     add_model_args(p, default_preset="waldmann-jhmdb")
     p.set_defaults(func=cmd_eval_pose)
     return p
+
+
+def add_parts_command(esub) -> argparse.ArgumentParser:
+    """``vlprop eval parts``: semantic part propagation on VIP (mIoU, pixel acc., mean class acc., fwIoU)."""
+    p = esub.add_parser(
+        "parts", help="propagate VIP part labels (20 classes) and score mIoU",
+        description="Propagate the first annotated parsing map of every VIP video (each class id present = one "
+                    "object), write <out>/predictions/<video>/<frame>.png for the annotated frames (every 25th) and "
+                    "score them: one confusion matrix over all frames of all videos (ground-truth ids outside the 20 "
+                    "classes ignored, predictions nearest-resized to the ground truth) -> mIoU, pixel accuracy, "
+                    "mean class accuracy, fwIoU (parts.json, parts.md). --score-only scores an existing folder. "
+                    "The instance-level AP^r_vol is not computed (its exact definition was not verified).")
+    p.add_argument("--root", required=True, help="VIP_Fine folder (Images/, Category_ids/, lists/)")
+    p.add_argument("--split", default="val", help="list name (lists/<split>_videos.txt) or a .txt file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--videos", default=None, help="comma-separated subset of videos")
+    p.add_argument("--max-frames", type=int, default=None, help="propagate only the first N frames of each video")
+    p.add_argument("--include-first", action="store_true", help="also score the labelled (first annotated) frame")
+    p.add_argument("--score-only", default=None, metavar="PRED_DIR",
+                   help="score <PRED_DIR>/<video>/<frame>.png instead of propagating")
+    add_model_args(p, default_preset="crw")
+    p.set_defaults(func=cmd_eval_parts)
+    return p
+
+
+def cmd_eval_parts(args) -> int:
+    from vlprop.eval.vip import format_parts_markdown, propagate_parts, read_vip, score_parts, write_results
+
+    videos = read_vip(args.root, args.split, args.videos.split(",") if args.videos else None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = Path(args.score_only) if args.score_only else out / "predictions"
+    if not args.score_only:
+        prop = model_spec_from_args(args).build(void=None)
+        propagate_parts(videos, prop, pred, max_frames=args.max_frames, log=print)
+    res = score_parts(videos, pred, include_first=args.include_first)
+    write_results(res, out)
+    print(format_parts_markdown(res), end="")
+    return 0
 
 
 def cmd_eval_pose(args) -> int:

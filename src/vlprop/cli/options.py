@@ -60,7 +60,8 @@ def guard_outputs(out: str | None, overlay: str | None, force: bool, inputs: dic
 
 
 def add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
-    """``--preset --backbone --weights --layer --stride --input-scale --short-side --device --seed --compat --set``."""
+    """``--preset --backbone --weights --layer --stride --input-scale --short-side --size --colorspace --device --seed
+    --compat --set``."""
     shown = default_preset or "the named model's (--weights default: see README), else dul for masks and " \
                               "waldmann-jhmdb for --keypoints"
     p.add_argument("--preset", default=default_preset, help=f"propagation preset (default {shown}; "
@@ -78,6 +79,12 @@ def add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None
     p.add_argument("--input-scale", type=float, default=None, help="resize frames by this factor before the "
                                                                     "backbone (e.g. 2 = x2 up-sampling)")
     p.add_argument("--short-side", type=int, default=None, help="resize frames so the short side has this length")
+    p.add_argument("--size", default=None, metavar="HxW",
+                   help="resize every frame to this fixed size, aspect not kept (e.g. 320x320 as CRW on JHMDB); "
+                        "replaces the preset's short side / scale")
+    p.add_argument("--colorspace", default=None, choices=("rgb", "lab", "lab_l"),
+                   help="network input colour space when the weights do not fix one (lab: MAST/LIIR/STT, "
+                        "lab_l: UVC grey); default: the preset's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random-init backbone (default 0)")
     p.add_argument("--compat", action="store_true", help="reproduce the reference code's documented quirks")
@@ -99,6 +106,9 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
                                    "a positive number of pixels")):
         if value is not None and not ok(value):
             raise InputError(f"{flag} must be {rule}, got {value}")
+    for key in ("size", "colorspace"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
     return ModelSpec(preset=getattr(args, "preset", None), backbone=getattr(args, "backbone", None),
                      weights=getattr(args, "weights", "default"), layer=getattr(args, "layer", None),
                      stride=getattr(args, "stride", None), input_scale=getattr(args, "input_scale", None),

@@ -151,9 +151,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
               + f"layer={f.layer} stride={f.stride} input_scale={f.input_scale:g}"
               + (f" short_side={f.short_side}" if f.short_side else "")
               + f"; labels: downsample={p.labels.downsample} output_minmax={p.labels.output_minmax}")
+        if f.size or f.colorspace:
+            print(f"  input: size={'x'.join(map(str, f.size)) if f.size else 'frame'} "
+                  f"colorspace={f.colorspace or 'the weights'}")
         if p.compat_flags:
             print(f"  --compat turns on: {', '.join(p.compat_flags)}")
-        print(f"  reference: {p.reference}\n")
+        print(f"  reference: {p.reference}")
+        print(f"  expected weights: {' or '.join(p.expected_weights) if p.expected_weights else 'any'}"
+              + (f" ({f.reference_backbone})" if f.reference_backbone else "") + "\n")
     return 0
 
 

@@ -501,6 +501,20 @@ class KeypointCodec:
     def decode_grid(self, maps) -> DecodedKeypoints:
         return decode_keypoints_grid(maps, **self._decode_kwargs())
 
+    def recode(self, maps) -> torch.Tensor:
+        """Re-quantise a propagated map ``[C, h, w]``: decode its keypoints on the grid and encode them again
+        (Waldmann's ``recreate_labels`` = encode(decode(labels))), so the context holds clean kernels at the
+        decoded positions instead of a per-cell argmax. Keypoints that decode as invisible stay all-zero.
+        Returns ``[C, h, w]`` float32 (the dtype of ``maps`` when it is a tensor)."""
+        m = _as_numpy(maps)
+        d = self.decode_grid(m)
+        gxy = np.where(d.visible[:, None], d.xy, 0.0)
+        if self.crw_compat or not self.subpixel:
+            gxy = np.floor(gxy + 0.5)  # the encoder's own placement rule: centred on a cell
+        heat = keypoint_heatmaps(gxy, d.visible, m.shape[-2:], self.sigma, self.kernel, self.truncate)
+        out = torch.from_numpy(add_background(heat, self.background))
+        return out.to(maps.dtype if isinstance(maps, torch.Tensor) else torch.float32)
+
     def _decode_kwargs(self) -> dict:
         return dict(method=self.decoder, k=self.k, window=self.window, factor=self.factor,
                     upsample_mode=self.upsample_mode, upsample_k=self.upsample_k,

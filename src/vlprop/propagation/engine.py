@@ -16,6 +16,17 @@ import torch
 
 from ..config import PropagationConfig, Preset, get_preset
 from ..errors import InputError
+from .localization import (
+    box_from_coords,
+    box_mask,
+    box_usable,
+    compactness_weights,
+    roi_coarse_offset,
+    roi_label_weights,
+    roi_positions,
+    roi_values,
+    tight_box,
+)
 from .affinity import (
     TopK,
     dense_topk,
@@ -38,6 +49,9 @@ class _Entry:
     labels: torch.Tensor  # [C, hw]
     padded: torch.Tensor | None = None
     restricted: bool = True
+    index: int = 0  # frame index counted from the (first) labelled frame
+    boxes: dict | None = None  # UVC track: object channel -> Box | None
+    mass: dict | None = None  # UVC track: object channel -> number of cells where it is the argmax
 
 
 class PropagationEngine:
@@ -51,20 +65,28 @@ class PropagationEngine:
             labels = eng.step(f)               # [C,h,w]
 
     ``dtype`` (default float32) is the precision of affinities and labels; float64 is supported.
+    ``recode``: with ``requantize``, the function that turns a predicted ``[C,h,w]`` map into the hard labels
+    remembered as context (default: one-hot of the per-location argmax, right for masks; keypoint heat maps
+    re-encode their decoded keypoints, Waldmann's ``recreate_labels``, see
+    :meth:`vlprop.labels.keypoints.KeypointCodec.recode`).
     """
 
     def __init__(self, config: PropagationConfig | Preset | str = "crw", dtype: torch.dtype = torch.float32,
-                 tile: int = 8, chunk: int = 2048):
+                 tile: int = 8, chunk: int = 2048, recode=None):
         if isinstance(config, (str, Preset)):
             config = get_preset(config).propagation
         self.cfg = config
         self.dtype = dtype
+        self.recode = recode
         self.tile = tile
         self.chunk = chunk
         self._offsets = window_offsets(config.window, config.radius) if config.window != "none" else None
         self._shape: tuple[int, int, int] | None = None
         self._long: list[_Entry] = []
-        self._short: collections.deque[_Entry] = collections.deque(maxlen=max(config.context, 0) or None)
+        short_len = 5 if config.references == "mast" else max(config.context, 0)
+        self._short: collections.deque[_Entry] = collections.deque(maxlen=short_len or None)
+        self._t = 0  # index of the newest frame in memory (the labelled frame is 0)
+        self._pending_boxes: dict | None = None  # UVC track: the boxes of the frame last predicted
         self._num_channels = 0
         self._workspace: torch.Tensor | None = None  # chunk buffer of the frame's dense matches
 
@@ -85,16 +107,17 @@ class PropagationEngine:
             f = l2_normalize(f, dim=0)
         return f
 
-    def _entry(self, f: torch.Tensor, labels: torch.Tensor, restricted: bool) -> _Entry:
+    def _entry(self, f: torch.Tensor, labels: torch.Tensor, restricted: bool, index: int = 0) -> _Entry:
         D, h, w = f.shape
         return _Entry(flat=f.reshape(D, h * w).t().contiguous(), labels=labels.reshape(labels.shape[0], h * w),
-                      restricted=restricted)
+                      restricted=restricted, index=index)
 
     def reset(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Start a new video with a labelled reference frame: features ``[D,h,w]``, labels ``[C,h,w]``."""
         self._shape = None
         self._long.clear()
         self._short.clear()
+        self._t = 0
         self.add_reference(features, labels)
 
     def add_reference(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -104,7 +127,10 @@ class PropagationEngine:
         if self._shape is None:
             self._shape = tuple(f.shape)
             self._num_channels = labels.shape[0]
-        self._long.append(self._entry(f, labels, restricted=self.cfg.window_long_term))
+        entry = self._entry(f, labels, restricted=self.cfg.window_long_term, index=self._t)
+        if self.cfg.localization == "track":
+            self._track_state(entry, None, self.cfg.track_init_margin)
+        self._long.append(entry)
         if len(self._long) > self.cfg.long_term:
             self._long.pop(0)
 
@@ -117,11 +143,17 @@ class PropagationEngine:
         return labels.detach().to("cpu", self.dtype)
 
     def context(self) -> list[_Entry]:
-        """Current context entries: long-term first, then short-term oldest to newest."""
+        """Context entries of the next target frame: long-term first, then short-term oldest to newest."""
+        if self.cfg.references == "mast":  # {0, 5} U {t-1, t-3, t-5} for target t
+            t = self._t + 1
+            entries = [e for e in self._long if e.index < t]
+            have = {e.index for e in entries}
+            return entries + [e for e in self._short if t - e.index in (1, 3, 5) and e.index not in have]
         entries = list(self._long)
         short = list(self._short)
         if self.cfg.compat_pad_first and len(short) < self.cfg.context:
-            pad = [_Entry(e.flat, e.labels, None, True) for e in self._long[:1]] * (self.cfg.context - len(short))
+            pad = [_Entry(e.flat, e.labels, None, True, e.index, e.boxes, e.mass)
+                   for e in self._long[:1]] * (self.cfg.context - len(short))
             short = pad + short
         return entries + short
 
@@ -135,11 +167,24 @@ class PropagationEngine:
 
     def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Append a frame with its (predicted) labels to the short-term memory (re-quantised if configured)."""
-        if self.cfg.context == 0:
+        if self.cfg.context == 0 and self.cfg.references != "mast":
+            self._t += 1
             return
         f = self._prepare(features, "context frame")
         labels = self._check_labels(labels, f.shape[1:], "context labels")
-        self._short.append(self._entry(f, self._postprocess_for_memory(labels), restricted=True))
+        self._remember(f, self._postprocess_for_memory(labels))
+
+    def _remember(self, f: torch.Tensor, stored: torch.Tensor) -> None:
+        self._t += 1
+        entry = self._entry(f, stored, restricted=True, index=self._t)
+        if self.cfg.localization == "track":
+            self._track_state(entry, self._pending_boxes, self.cfg.track_init_margin)
+        self._pending_boxes = None
+        if self.cfg.references == "mast" and self._t == 5:  # MAST/LIIR keep frame 5 for good
+            entry.restricted = self.cfg.window_long_term
+            self._long.append(entry)
+            return
+        self._short.append(entry)
 
     def step(self, features: torch.Tensor) -> torch.Tensor:
         """Predict the labels of the next frame and remember them as context. Returns ``[C,h,w]``."""
@@ -147,12 +192,18 @@ class PropagationEngine:
         if not self._long:
             raise InputError("no labelled reference frame: call reset(features, labels) first")
         labels = self._propagate(q, self.context())
-        stored = self._postprocess_for_memory(labels)
-        if self.cfg.context > 0:
-            self._short.append(self._entry(q, stored, restricted=True))
+        if self.cfg.context > 0 or self.cfg.references == "mast":
+            self._remember(q, self._postprocess_for_memory(labels))
+        else:
+            self._t += 1
         return labels
 
     def _postprocess_for_memory(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.requantize and self.recode is not None:
+            hard = torch.as_tensor(self.recode(labels))
+            if tuple(hard.shape) != tuple(labels.shape):
+                raise InputError(f"recode returned shape {tuple(hard.shape)} for labels {tuple(labels.shape)}")
+            return hard.to(labels.dtype)
         if self.cfg.requantize:
             hard = torch.zeros_like(labels)
             hard.scatter_(0, labels.argmax(0, keepdim=True), 1.0)
@@ -230,12 +281,16 @@ class PropagationEngine:
         reduce = None
         if cfg.norm_stage != "topk":
             reduce = "sum" if cfg.normalizer == "sum" else "lse"
+        if cfg.localization == "roi" or cfg.compactness_k:
+            return self._finish(self._aggregate_union(q, entries), h, w)
         need_tiles = self._offsets is not None and cfg.norm_stage != "before-restriction" \
             and not cfg.compat_mask_before_exp and any(e.restricted for e in entries)
         qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if need_tiles else None
         k = cfg.topk
         C = entries[0].labels.shape[0]
         hw = h * w
+        if cfg.localization == "track":
+            return self._finish(self._aggregate_track(q, entries), h, w)
         if cfg.aggregation == "per-frame":
             out = torch.zeros(h * w, C, dtype=q.dtype)
             for e in entries:
@@ -265,8 +320,134 @@ class PropagationEngine:
         out = _gather_weighted(labels, index, wts)
         return self._finish(out, h, w)
 
+    def _aggregate_union(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
+        """One softmax over the union of every context frame's candidates (MAST/LIIR, ``topk=0``), with MAST's
+        predicted windows for far references and LIIR's compactness prior. Returns ``[hw, C]``.
+
+        Window candidates come from the tiled window kernel (``[hw, window cells]`` per frame); the predicted
+        windows of far references are gathered per chunk of targets (bilinear corners), memory
+        ``O(chunk * window * D)``; the softmax, the prior and the label sums run per chunk."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        hw = h * w
+        t = self._t + 1
+        qflat = q.reshape(D, hw).t()
+        R = int(cfg.radius)
+        roi = [cfg.localization == "roi" and t - e.index > cfg.roi_after for e in entries]
+        # window candidates of every location at once with the tiled window kernel (k = the window's cell count
+        # keeps exactly the in-window, in-frame cells; -inf pads the border)
+        kwin = int(self._offsets.sum())
+        qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if not all(roi) else None
+        windowed = [None if r else self._frame_topk(q, qt, e, kwin, None) for e, r in zip(entries, roi)]
+        last_roi = max((i for i, r in enumerate(roi) if r), default=None)
+        C = entries[0].labels.shape[0]
+        out = torch.zeros(hw, C, dtype=q.dtype)
+        step = max(1, self.chunk // 8)
+        for s in range(0, hw, step):
+            rows = torch.arange(s, min(hw, s + step))
+            qc = qflat[s:s + len(rows)]
+            blocks = []  # (entry, values [n, K], index [n, K] | None, roi label positions | None)
+            offsets = {}
+            for i, e in enumerate(entries):
+                if not roi[i]:
+                    tk = windowed[i]
+                    blocks.append((e, tk.values[s:s + len(rows)], tk.index[s:s + len(rows)], None))
+                    continue
+                dil = min(cfg.roi_max_dilation, (t - e.index) // cfg.roi_after + 1)
+                o = roi_coarse_offset(qc, e.flat, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
+                offsets[i] = o
+                pos = roi_positions(rows, o, h, w, R, cfg.compat_mast_roi)
+                blocks.append((e, roi_values(qc, e.flat, pos, h, w), None, i))
+            values = torch.cat([b[1] for b in blocks], dim=1)
+            wts = self._weights(values, None)
+            col = 0
+            for e, v, index, roi_i in blocks:
+                wb = wts[:, col:col + v.shape[1]]
+                col += v.shape[1]
+                if index is not None:
+                    if cfg.compactness_k:
+                        wb = compactness_weights(wb, v, index, w, cfg.compactness_k, cfg.compactness_threshold,
+                                                 cfg.compactness_fwhm)
+                    out[s:s + len(rows)] += _gather_weighted(e.labels, index, wb)
+                    continue
+                # MAST bug 1 (compat): every far reference's labels are read with the last offset computed
+                o = offsets[last_roi] if cfg.compat_mast_roi else offsets[roi_i]
+                pos = roi_positions(rows, o, h, w, R, cfg.compat_mast_roi)
+                out[s:s + len(rows)] += roi_label_weights(wb, pos, h, w) @ e.labels.t()
+        return out
+
+    # ------------------------------------------------------------------ UVC track
+    def _track_state(self, entry: _Entry, boxes: dict | None, margin: float) -> None:
+        """Per-object cell counts of a context frame and its boxes (given, else tight boxes + ``margin``)."""
+        hard = entry.labels.argmax(0)
+        w = self._shape[2]
+        entry.mass = {o: int((hard == o).sum()) for o in range(1, entry.labels.shape[0])}
+        if boxes is None:
+            boxes = {o: tight_box((hard == o).nonzero().reshape(-1), w, margin) for o in entry.mass}
+        entry.boxes = dict(boxes)
+
+    def _target_boxes(self, q: torch.Tensor, entries: list[_Entry]) -> dict:
+        """UVC: each object's box in the target frame from the soft-argmax target positions of its cells in the
+        newest context frame (softmax over target locations of their affinities / T), size-smoothed with that
+        frame's box. ``None`` when the object has fewer than 2 cells there."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        ref = max(entries, key=lambda e: e.index)
+        qflat_t = q.reshape(D, h * w)
+        grid = torch.stack(torch.meshgrid(torch.arange(h, dtype=q.dtype), torch.arange(w, dtype=q.dtype),
+                                          indexing="ij"), -1).reshape(-1, 2)
+        hard = ref.labels.argmax(0)
+        boxes = {}
+        for o in range(1, ref.labels.shape[0]):
+            cells = (hard == o).nonzero().reshape(-1)
+            if cells.numel() < 2:
+                boxes[o] = None
+                continue
+            coords = torch.cat([torch.softmax((ref.flat[cells[s:s + self.chunk]] @ qflat_t) / cfg.temperature, 1) @ grid
+                                for s in range(0, cells.numel(), self.chunk)])
+            boxes[o] = box_from_coords(coords, ref.boxes.get(o) if ref.boxes else None, cfg.track_mad,
+                                       cfg.track_margin, cfg.track_ema, cfg.track_bandwidth, cfg.track_sigma)
+        return boxes
+
+    def _aggregate_track(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
+        """UVC ``track``: per context frame, a softmax over all its locations (before restriction); background
+        from the whole frame, each object from the top-k of its box in that frame for the targets in its box in
+        the target frame (0 elsewhere), weights not renormalised; plain full-frame top-k for an object without a
+        target box or that disappeared in that frame (fewer than 3 cells or a box under 3 cells a side);
+        predictions averaged over the context frames. Returns ``[hw, C]``."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        hw = h * w
+        boxes_t = self._target_boxes(q, entries)
+        self._pending_boxes = boxes_t
+        qflat = q.reshape(D, hw).t()
+        C = entries[0].labels.shape[0]
+        k = hw if cfg.topk == 0 else min(cfg.topk, hw)
+        target_in = {o: box_mask(b, h, w) for o, b in boxes_t.items() if box_usable(b, h, w)}
+        out = torch.zeros(hw, C, dtype=q.dtype)
+        for e in entries:
+            mass, boxes = e.mass or {}, e.boxes or {}
+            restrict = {o: box_mask(boxes[o], h, w) for o in target_in
+                        if mass.get(o, 0) >= 3 and box_usable(boxes.get(o), h, w)}
+            for s in range(0, hw, self.chunk):
+                a = qflat[s:s + self.chunk] @ e.flat.t()
+                lse = torch.logsumexp(a / cfg.temperature, dim=1, keepdim=True)
+                v, i = torch.topk(a, k, dim=1)
+                plain = _gather_weighted(e.labels, i, torch.exp(v / cfg.temperature - lse))
+                part = out[s:s + self.chunk]
+                part += plain
+                for o, ref_in in restrict.items():
+                    v, i = torch.topk(a.masked_fill(~ref_in[None, :], float("-inf")), k, dim=1)
+                    wo = torch.exp(v / cfg.temperature - lse)
+                    val = (wo * e.labels[o][i]).sum(1)
+                    part[:, o] += torch.where(target_in[o][s:s + self.chunk], val, torch.zeros((), dtype=val.dtype)) \
+                        - plain[:, o]
+        return out / len(entries)
+
     def _finish(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         labels = out.t().reshape(-1, h, w).contiguous()
+        if self.cfg.foreground_boost != 1.0 and labels.shape[0] > 1:
+            labels[1:] *= self.cfg.foreground_boost
         return normalize_labels(labels, self.cfg.label_norm)
 
 

@@ -182,7 +182,7 @@ class KeypointPropagator:
         if crop_padding < 0 or box_padding < 0:
             raise InputError(f"crop_padding and box_padding must be >= 0, got {crop_padding}, {box_padding}")
         if crop_size is None:
-            crop_size = feats.short_side or DEFAULT_CROP_SIZE
+            crop_size = feats.short_side or (feats.size[0] if feats.size else None) or DEFAULT_CROP_SIZE
         if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 8:
             raise InputError(f"crop_size must be an integer >= 8 (pixels), got {crop_size!r}")
         self.track = bool(track)
@@ -417,7 +417,8 @@ class KeypointPropagator:
         vis0 = state["visible0"]
         xy_enc = st.xy if win is None else win.to_crop(st.xy)
         labels = self.codec.encode(np.where(vis0[:, None], xy_enc, np.nan), vis0, state["geometry"])
-        engine = PropagationEngine(self.preset.propagation)
+        # re-quantisation of keypoint maps re-encodes the decoded keypoints (not a per-cell argmax)
+        engine = PropagationEngine(self.preset.propagation, recode=self.codec.recode)
         engine.reset(f, labels)
         state["engine"] = engine
         mass0 = self._joint_mass(labels)

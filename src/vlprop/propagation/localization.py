@@ -1,0 +1,198 @@
+"""Localisation variants of the propagation engine beyond the fixed window (DESIGN §4, McKee Tab. 4):
+MAST's predicted region of interest (ROI) for long-range references and LIIR's compactness prior.
+
+Conventions: grid positions are ``(y, x)`` in cells of the feature grid (cell ``(i, j)`` sits at ``(i, j)``);
+flat indices are ``y * w + x``. Every function works on one context frame and a chunk of target locations, so
+memory stays ``O(chunk * h * w)`` whatever the video length.
+
+ROI (MAST ``models/colorizer.py``, read as a specification in shared/specs/training-methods.md §4.4):
+
+Memory is ``O(n * window * D)`` per chunk of ``n`` targets: candidate features are gathered, never a dense
+``hw x hw`` affinity.
+
+1. coarse match of target location ``i`` against reference ``r`` at dilated offsets
+   ``a(i, delta) = <f_t(i), f_r(i + d * delta)>`` for ``delta in [-Rc, Rc]^2`` (0 where ``i + d * delta`` is
+   outside the frame, as zero-padded features give), ``p = softmax(a / T)`` over the ``(2Rc+1)^2`` offsets;
+2. offset ``o(i) = d * sum_delta p(delta) * delta`` (a soft-argmax, real-valued, in cells);
+3. fine window: the ``(2R+1)^2`` positions ``i + o(i) + delta'`` (``delta' in [-R, R]^2``), where the features
+   and labels of ``r`` are sampled bilinearly (corners outside the frame count as zero; a position is a
+   candidate only if at least one corner is inside). ``compat=True`` maps each position ``p`` to
+   ``p * n / (n - 1) - 0.5`` per axis (MAST's ``grid_sample`` without ``align_corners=True``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _offsets(radius: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[(2r+1)^2, 2]`` integer offsets ``(dy, dx)`` in row-major order."""
+    d = torch.arange(-radius, radius + 1, dtype=dtype)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
+
+
+def roi_coarse_offset(q: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int,
+                      radius: int, temperature: float) -> torch.Tensor:
+    """Soft-argmax offset ``o(i)`` ``[n, 2]`` (cells, ``(dy, dx)``) of a chunk of target locations.
+
+    q: ``[n, D]`` target features of the chunk; ref: ``[h*w, D]`` reference features; rows: ``[n]`` flat
+    indices of the targets.
+    """
+    off = _offsets(radius, q.dtype)  # [P, 2]
+    ty = torch.div(rows, w, rounding_mode="floor")
+    tx = rows % w
+    py = ty[:, None] + dilation * off[None, :, 0].long()
+    px = tx[:, None] + dilation * off[None, :, 1].long()
+    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    idx = py.clamp(0, h - 1) * w + px.clamp(0, w - 1)
+    a = torch.bmm(ref[idx], q[:, :, None])[:, :, 0]  # [n, P] (a batched GEMV; einsum is much slower here)
+    a = torch.where(inside, a, torch.zeros((), dtype=a.dtype))
+    p = torch.softmax(a / temperature, dim=1)
+    return dilation * (p @ off)
+
+
+def roi_positions(rows: torch.Tensor, offset: torch.Tensor, h: int, w: int, radius: int,
+                  compat: bool = False) -> torch.Tensor:
+    """Sample positions ``[n, (2R+1)^2, 2]`` (``(y, x)``, real-valued cells) of the fine windows."""
+    off = _offsets(radius, offset.dtype)
+    ty = torch.div(rows, w, rounding_mode="floor").to(offset.dtype)
+    tx = (rows % w).to(offset.dtype)
+    centre = torch.stack([ty, tx], dim=1) + offset  # [n, 2]
+    pos = centre[:, None, :] + off[None]
+    if compat:  # MAST: (n-1)-normalised coordinates read by grid_sample with align_corners=False
+        scale = torch.tensor([h / max(h - 1, 1), w / max(w - 1, 1)], dtype=offset.dtype)
+        pos = pos * scale - 0.5
+    return pos
+
+
+def bilinear_corners(pos: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corners of bilinear sampling at ``pos [..., 2]``: flat indices ``[..., 4]`` (clamped), weights ``[..., 4]``
+    (0 for corners outside the frame: zero padding) and whether the position touches the frame ``[...]``."""
+    y, x = pos[..., 0], pos[..., 1]
+    y0, x0 = torch.floor(y), torch.floor(x)
+    fy, fx = y - y0, x - x0
+    idx, wts = [], []
+    for dy, dx, wt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        cy, cx = y0.long() + dy, x0.long() + dx
+        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        idx.append(cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))
+        wts.append(torch.where(inside, wt, torch.zeros((), dtype=wt.dtype)))
+    touches = (y > -1) & (y < h) & (x > -1) & (x < w)
+    return torch.stack(idx, -1), torch.stack(wts, -1), touches
+
+
+def roi_values(q: torch.Tensor, ref: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Affinities ``[n, P]`` of the targets ``q [n, D]`` with the reference features ``ref [h*w, D]`` sampled
+    bilinearly at ``pos [n, P, 2]`` (``-inf`` for positions that do not touch the frame):
+    ``<f_t, sum_c w_c f_r(c)> = sum_c w_c <f_t, f_r(c)>`` over the four corners ``c``."""
+    idx, wts, touches = bilinear_corners(pos, h, w)
+    n, P = pos.shape[:2]
+    a = torch.bmm(ref[idx.reshape(n, P * 4)], q[:, :, None]).reshape(n, P, 4)
+    v = (a * wts).sum(-1)
+    return torch.where(touches, v, torch.full((), NEG_INF, dtype=v.dtype))
+
+
+def roi_label_weights(weights: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Dense ``[n, h*w]`` weights on the reference's cells equivalent to weighting the bilinear label samples at
+    ``pos [n, P, 2]`` with ``weights [n, P]`` (``out = dense @ labels^T``)."""
+    idx, wts, _ = bilinear_corners(pos, h, w)
+    n, P = pos.shape[:2]
+    dense = weights.new_zeros(n, h * w)
+    dense.scatter_add_(1, idx.reshape(n, P * 4), (weights[:, :, None] * wts).reshape(n, P * 4))
+    return dense
+
+
+def compactness_weights(weights: torch.Tensor, values: torch.Tensor, index: torch.Tensor, w: int, k: int,
+                        threshold: float, fwhm: float) -> torch.Tensor:
+    """LIIR's compactness prior on one reference frame's candidates.
+
+    weights: ``[N, K]`` joint weights of the frame's candidates; values: ``[N, K]`` their affinities (``-inf`` =
+    not a candidate); index: ``[N, K]`` flat cell indices; ``w``: grid width. Where the frame's largest weight
+    exceeds ``threshold``, the weights become ``sum_m pi_m exp(-4 ln2 |p - u_m|^2 / fwhm^2)`` with ``u_m`` the
+    cells of the ``k`` largest weights and ``pi = softmax`` of those weights (not renormalised); elsewhere
+    they are kept. Returns ``[N, K]``.
+    """
+    finite = torch.isfinite(values)
+    masked = torch.where(finite, weights, torch.full((), NEG_INF, dtype=weights.dtype))
+    kk = min(k, weights.shape[1])
+    top, sel = torch.topk(masked, kk, dim=1)
+    conf = top[:, 0]
+    pi = torch.softmax(top, dim=1).nan_to_num(0.0)
+    u = torch.gather(index, 1, sel)
+    uy, ux = torch.div(u, w, rounding_mode="floor").to(weights.dtype), (u % w).to(weights.dtype)
+    py, px = torch.div(index, w, rounding_mode="floor").to(weights.dtype), (index % w).to(weights.dtype)
+    d2 = (py[:, :, None] - uy[:, None, :]) ** 2 + (px[:, :, None] - ux[:, None, :]) ** 2  # [N, K, k]
+    bumps = (pi[:, None, :] * torch.exp(-4.0 * math.log(2.0) * d2 / fwhm ** 2)).sum(-1)
+    bumps = torch.where(finite, bumps, torch.zeros((), dtype=bumps.dtype))
+    return torch.where((conf > threshold)[:, None], bumps, weights)
+
+
+# ----------------------------------------------------------------------------- UVC "track" boxes
+# A box is (cy, cx, ry, rx) in grid cells: centre and half-extent; cell (y, x) is inside iff |y - cy| <= ry and
+# |x - cx| <= rx. ``None`` = no box (the object propagates over the full frame).
+Box = tuple[float, float, float, float]
+
+
+def box_mask(box: Box, h: int, w: int) -> torch.Tensor:
+    """``[h*w]`` bool: the cells inside ``box``."""
+    cy, cx, ry, rx = box
+    ys = torch.arange(h, dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    iny = (ys - cy).abs() <= ry
+    inx = (xs - cx).abs() <= rx
+    return (iny[:, None] & inx[None, :]).reshape(-1)
+
+
+def box_usable(box: Box | None, h: int, w: int, min_side: int = 3) -> bool:
+    """A box covering at least ``min_side`` cells along both axes inside the frame (UVC: smaller = disappeared)."""
+    if box is None:
+        return False
+    cy, cx, ry, rx = box
+    ys = torch.arange(h, dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    return int(((ys - cy).abs() <= ry).sum()) >= min_side and int(((xs - cx).abs() <= rx).sum()) >= min_side
+
+
+def tight_box(cells: torch.Tensor, w: int, margin: float) -> Box | None:
+    """Box around the flat cell indices ``cells`` (covering them fully), half-extents scaled by ``1 + margin``."""
+    if cells.numel() == 0:
+        return None
+    ys = torch.div(cells, w, rounding_mode="floor").double()
+    xs = (cells % w).double()
+    y0, y1, x0, x1 = float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())
+    return ((y0 + y1) / 2, (x0 + x1) / 2, ((y1 - y0) / 2 + 0.5) * (1 + margin), ((x1 - x0) / 2 + 0.5) * (1 + margin))
+
+
+def mean_shift(points: torch.Tensor, bandwidth: float, sigma: float, tol: float = 0.1,
+               max_iter: int = 100) -> torch.Tensor:
+    """Mode ``[2]`` of ``points [n, 2]``: start at the point nearest their mean, then move to the Gaussian-weighted
+    (``sigma``) mean of the points within ``bandwidth`` until the step's L1 length is below ``tol``."""
+    pts = points.double()
+    m = pts[((pts - pts.mean(0)) ** 2).sum(1).argmin()]
+    for _ in range(max_iter):
+        d2 = ((pts - m) ** 2).sum(1)
+        wts = torch.exp(-d2 / (2 * sigma ** 2)) * (d2 <= bandwidth ** 2)
+        new = (wts[:, None] * pts).sum(0) / wts.sum()
+        done = float((new - m).abs().sum()) < tol
+        m = new
+        if done:
+            break
+    return m
+
+
+def box_from_coords(coords: torch.Tensor, prev: Box | None, mad: float, margin: float, ema: float,
+                    bandwidth: float, sigma: float) -> Box:
+    """UVC's target box from the soft-argmax coordinates ``[n, 2]`` of an object's cells: centre ``c`` = mean-shift
+    mode, half-extent ``mad * mean|coords - c|`` per axis enlarged by ``1 + margin``, then the half-extent
+    smoothed with the previous box's, ``ema * new + (1 - ema) * prev`` (the centre is the new one)."""
+    c = mean_shift(coords, bandwidth, sigma)
+    d = (coords.double() - c).abs().mean(0)
+    ry, rx = float(mad * d[0] * (1 + margin)), float(mad * d[1] * (1 + margin))
+    if prev is not None:
+        ry = ema * ry + (1 - ema) * prev[2]
+        rx = ema * rx + (1 - ema) * prev[3]
+    return float(c[0]), float(c[1]), ry, rx
