@@ -381,7 +381,8 @@ def _field_types() -> dict[str, tuple[str, ...]]:
     return out
 
 
-_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+         "tuple[int, int]": "a size HxW"}
 
 
 def coerce_setting(key: str, value: Any) -> Any:
@@ -402,6 +403,12 @@ def coerce_setting(key: str, value: Any) -> Any:
     def bad() -> InputError:
         return InputError(f"{key} must be {kind}, got {value!r}")
 
+    if "tuple[int, int]" in allowed:  # a size: "HxW", "S" (square), an int or a pair
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            if "None" in allowed:
+                return None
+            raise bad()
+        return parse_size(value)
     if isinstance(value, str):
         text = value.strip()
         if "None" in allowed and text.lower() in ("none", "null", ""):
@@ -450,7 +457,9 @@ def _check_types(obj: Any) -> None:
             or (isinstance(value, bool) and "bool" in allowed) \
             or (isinstance(value, int) and not isinstance(value, bool) and ("int" in allowed or "float" in allowed)) \
             or (isinstance(value, float) and "float" in allowed) \
-            or (isinstance(value, str) and "str" in allowed)
+            or (isinstance(value, str) and "str" in allowed) \
+            or (isinstance(value, tuple) and len(value) == 2 and "tuple[int, int]" in allowed
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
         if not ok and allowed:
             kind = " or ".join(_KIND[t] for t in allowed if t in _KIND) + (" or none" if "None" in allowed else "")
             raise InputError(f"{f.name} must be {kind}, got {value!r}")

@@ -172,7 +172,7 @@ def preprocessing_for(net, preset: Preset):
     (MAST/LIIR/STT), ``lab_l`` -> Lab lightness replicated to 3 channels with ImageNet mean/std (UVC), ``rgb``
     or ``None`` -> ImageNet mean/std on sRGB. ``None`` is returned when nothing is to be changed.
     """
-    from .backbones.preprocessing import IMAGENET, LAB, Preprocessing
+    from .backbones.preprocessing import IMAGENET, LAB, LAB_L
 
     own = getattr(net, "preprocessing", None)
     wanted = preset.features.colorspace
@@ -186,7 +186,7 @@ def preprocessing_for(net, preset: Preset):
     if wanted == "lab":
         return LAB
     if wanted == "lab_l":
-        return Preprocessing(colorspace="lab_l", name="lab lightness, imagenet mean/std (UVC)")
+        return LAB_L
     return IMAGENET
 
 

@@ -58,5 +58,6 @@ class Preprocessing:
 IMAGENET = Preprocessing()
 HALF = Preprocessing(mean=HALF_MEAN, std=HALF_STD, name="inception (mean=std=0.5)")
 LAB = Preprocessing(mean=LAB_MEAN, std=LAB_STD, colorspace="lab", name="lab (MAST/LIIR)")
+LAB_L = Preprocessing(colorspace="lab_l", name="lab lightness, imagenet mean/std (UVC)")
 
-__all__ = ["Preprocessing", "IMAGENET", "HALF", "LAB", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD"]
+__all__ = ["Preprocessing", "IMAGENET", "HALF", "LAB", "LAB_L", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD"]

@@ -494,7 +494,20 @@ def load_weights(net: nn.Module, weights: str | os.PathLike | CheckpointFile, we
                                                  for k, v in recorded.items()})
         except (TypeError, InputError) as exc:
             raise CheckpointError(f"{ckpt.path}: invalid recorded preprocessing {recorded!r}: {exc}") from None
+    elif getattr(net, "preprocessing", None) is None and ckpt.format in FORMAT_PREPROCESSING:
+        # a reference layout implies the input its code trained on (files that record none)
+        from vlprop.backbones import preprocessing as pre
+
+        net.preprocessing = getattr(pre, FORMAT_PREPROCESSING[ckpt.format])
     return ckpt.format
+
+
+# The input each reference code base trained its ResNets on (names in vlprop.backbones.preprocessing):
+# torchvision, CRW, DUL, MoCo and vlprop's own DUL training use ImageNet mean/std on sRGB; MAST normalised
+# Lab; UVC the Lab lightness. Families that fix their input themselves (EfficientNet-Lite, ViT) set
+# net.preprocessing before loading and are not overridden.
+FORMAT_PREPROCESSING = {"torchvision": "IMAGENET", "crw": "IMAGENET", "dul": "IMAGENET", "moco": "IMAGENET",
+                        "vlprop": "IMAGENET", "mast": "LAB", "uvc": "LAB_L"}
 
 
 def load_imagenet_weights(net: nn.Module, weights_enum: Any) -> str:
