@@ -30,7 +30,7 @@ def test_the_default_model_is_the_imagenet_efficientnet_chosen_on_val_dev():
 
     r = ModelSpec().resolve()
     assert (r.backbone, r.weights, r.layer, r.stride, r.preset.name) == \
-        ("efficientnet_lite0", "imagenet", "stage4", 8, "crw")
+        ("efficientnet_lite1", "imagenet", "stage4", 8, "crw")
     assert resolve_weights(None) == resolve_weights("default") == "imagenet"
 
 
