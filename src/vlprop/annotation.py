@@ -39,7 +39,7 @@ from .errors import InputError
 from .geometry import GridGeometry
 from .io.files import atomic_path
 from .io.video import FrameSource, ImageFolderSource, VideoFileSource, open_frames
-from .labels.masks import decode_probs, encode_mask, probs_to_mask
+from .labels.masks import decode_probs, probs_to_mask
 from .propagation.engine import PropagationEngine
 from .session import FrameResult, Propagator, _Group, _merge
 
@@ -331,18 +331,7 @@ class _Pass:
         preds = [(g, g.engine.predict(f)) for g in self._live]
         ann_ids: list[int] = []
         if ann is not None:
-            ann_ids = s._ids_in(ann)
-            for i in ann_ids:
-                if i not in self._all_ids:
-                    self._all_ids.append(i)
-            ann_labels = None
-            if ann_ids:
-                ann_labels = encode_mask(ann, ann_ids, geometry, mode=cfg.labels.downsample, void=s.void)
-                covered = ann_labels[1:].sum(0).clamp(0, 1)
-                for g, p in preds:  # the new labels win where they are
-                    g.active -= set(ann_ids)
-                    p[1:] *= (1 - covered)
-                    p[0] = 1 - p[1:].sum(0)
+            ann_ids, ann_labels = s.propagator._take_over(ann, self._all_ids, preds, geometry)
             for g, p in preds:
                 self._push(g, t, f, p)
             self._live = [g for g in self._live if g.active]

@@ -152,6 +152,24 @@ class Propagator:
                              + "; object pixels must hold their id 1..254")
         return out
 
+    def _take_over(self, ann: np.ndarray, all_ids: list[int], preds: list, geometry: GridGeometry):
+        """A label on this frame: its object ids (appended to ``all_ids``) and its encoded labels ``[1+K, h, w]``
+        (``None`` without objects). The new labels win where they are: each group in ``preds`` (``(group,
+        prediction)`` pairs) gives up those objects and their area, in place."""
+        ann_ids = self._ids_in(ann)
+        for i in ann_ids:
+            if i not in all_ids:
+                all_ids.append(i)
+        if not ann_ids:
+            return ann_ids, None
+        ann_labels = encode_mask(ann, ann_ids, geometry, mode=self.preset.labels.downsample, void=self.void)
+        covered = ann_labels[1:].sum(0).clamp(0, 1)
+        for g, p in preds:
+            g.active -= set(ann_ids)
+            p[1:] *= (1 - covered)
+            p[0] = 1 - p[1:].sum(0)
+        return ann_ids, ann_labels
+
     def _ids_in(self, mask: np.ndarray) -> list[int]:
         vals = np.unique(mask)
         return [int(v) for v in vals if v != 0 and (self.void is None or v != self.void)]
@@ -207,18 +225,7 @@ class Propagator:
                                      f"the frame is {fr.image.shape[1]}x{fr.image.shape[0]}")
                 preds = [(g, g.engine.predict(f)) for g in groups]
                 if ann is not None:
-                    ann_ids = self._ids_in(ann)
-                    for i in ann_ids:
-                        if i not in all_ids:
-                            all_ids.append(i)
-                    ann_labels = None
-                    if ann_ids:
-                        ann_labels = encode_mask(ann, ann_ids, geometry, mode=cfg.labels.downsample, void=self.void)
-                        covered = ann_labels[1:].sum(0).clamp(0, 1)
-                        for g, p in preds:  # the new labels win where they are
-                            g.active -= set(ann_ids)
-                            p[1:] *= (1 - covered)
-                            p[0] = 1 - p[1:].sum(0)
+                    ann_ids, ann_labels = self._take_over(ann, all_ids, preds, geometry)
                     for g, p in preds:
                         g.engine.push(f, p)
                     groups = [g for g in groups if g.active]
