@@ -45,6 +45,8 @@ from . import TrainingMethod, register_method
 from .mast import check_reconstruction_config, embedding_backbone_kwargs, lab_clip
 from .reconstruction import (
     EmbeddingNet,
+    ReconstructionConfig,
+    field_help as _h,
     lab_channel_dropout,
     reconstruct,
     reconstruction_loss,
@@ -56,23 +58,10 @@ from .reconstruction import (
 )
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class LIIRConfig:
+class LIIRConfig(ReconstructionConfig):
     """LIIR training settings (paper values; reimplementation values where the paper's are lost)."""
 
-    crop: int = field(default=256, metadata=_h("frames are resized to crop x crop pixels (paper 256)"))
-    refs: int = field(default=1, metadata=_h("reference frames per clip (code: 1, pairs)"))
-    gaps: tuple[int, ...] = field(default=(2, 5, 8), metadata=_h("frame gaps to draw from"))
-    gap_probs: tuple[float, ...] = field(default=(0.4, 0.4, 0.2), metadata=_h("their probabilities"))
-    radius: int = field(default=6, metadata=_h("training window radius R (13x13)"))
-    embed_dim: int = field(default=64, metadata=_h("embedding channels"))
-    loss_scale: float = field(default=20.0, metadata=_h("smooth-L1 on values scaled by this factor"))
-    zero_init_residual: bool = field(default=True, metadata=_h("last BN scale of every block starts at 0"))
-    beta1: float = field(default=0.9, metadata=_h("Adam beta1"))
     stage1_iters: Optional[int] = field(default=None, metadata=_h(
         "intra-only warm-up steps (default 30/35 of --iters: 30 + 5 epochs)"))
     stage2_lr_factor: float = field(default=0.1, metadata=_h("stage-2 lr multiplier (1e-3 -> 1e-4)"))
@@ -84,10 +73,6 @@ class LIIRConfig:
     compact_k: int = field(default=2, metadata=_h("Gaussians in the mixture (top-k)"))
     compact_threshold: float = field(default=0.5, metadata=_h("confidence above which the prior applies"))
     compact_fwhm: float = field(default=1.0, metadata=_h("Gaussian FWHM in window cells"))
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "gaps", tuple(int(g) for g in self.gaps))
-        object.__setattr__(self, "gap_probs", tuple(float(p) for p in self.gap_probs))
 
 
 def compactness_prior(a: torch.Tensor, n: int, k: int = 2, fwhm: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ not part of training; propagation uses vlprop's engine (see :meth:`MAST.export`)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from ..data import read_clip
 from . import TrainingMethod, register_method
 from .reconstruction import (
     EmbeddingNet,
+    ReconstructionConfig,
     lab_channel_dropout,
     reconstruct,
     reconstruction_loss,
@@ -44,27 +45,9 @@ from .reconstruction import (
 )
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
-class MASTConfig:
-    """MAST training settings (released code / paper defaults)."""
-
-    crop: int = field(default=256, metadata=_h("frames are resized to crop x crop pixels (paper 256)"))
-    refs: int = field(default=1, metadata=_h("reference frames per clip (released code: 1, pairs)"))
-    gaps: tuple[int, ...] = field(default=(2, 5, 8), metadata=_h("frame gaps to draw from"))
-    gap_probs: tuple[float, ...] = field(default=(0.4, 0.4, 0.2), metadata=_h("their probabilities"))
-    radius: int = field(default=6, metadata=_h("training window radius R in feature cells (13x13)"))
-    embed_dim: int = field(default=64, metadata=_h("embedding channels of the 3x3 head"))
-    loss_scale: float = field(default=20.0, metadata=_h("smooth-L1 on values scaled by this factor"))
-    zero_init_residual: bool = field(default=True, metadata=_h("last BN scale of every block starts at 0"))
-    beta1: float = field(default=0.9, metadata=_h("Adam beta1"))
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "gaps", tuple(int(g) for g in self.gaps))
-        object.__setattr__(self, "gap_probs", tuple(float(p) for p in self.gap_probs))
+class MASTConfig(ReconstructionConfig):
+    """MAST training settings (released code / paper defaults): exactly the shared reconstruction settings."""
 
 
 def check_reconstruction_config(cfg: Any) -> None:

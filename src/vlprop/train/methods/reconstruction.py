@@ -16,6 +16,8 @@ Shared by :mod:`.mast`, :mod:`.liir` and :mod:`.stt` (shapes: ``B`` clips, ``C``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -23,6 +25,30 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlprop.errors import InputError
+
+
+def field_help(text: str) -> dict:
+    """Dataclass field metadata read by the CLI: the option's help text."""
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """Settings shared by the colour-reconstruction methods (MAST, LIIR): clip sampling, window, head, loss."""
+
+    crop: int = field(default=256, metadata=field_help("frames are resized to crop x crop pixels (paper 256)"))
+    refs: int = field(default=1, metadata=field_help("reference frames per clip (released code: 1, pairs)"))
+    gaps: tuple[int, ...] = field(default=(2, 5, 8), metadata=field_help("frame gaps to draw from"))
+    gap_probs: tuple[float, ...] = field(default=(0.4, 0.4, 0.2), metadata=field_help("their probabilities"))
+    radius: int = field(default=6, metadata=field_help("training window radius R in feature cells (13x13)"))
+    embed_dim: int = field(default=64, metadata=field_help("embedding channels of the 3x3 head"))
+    loss_scale: float = field(default=20.0, metadata=field_help("smooth-L1 on values scaled by this factor"))
+    zero_init_residual: bool = field(default=True, metadata=field_help("last BN scale of every block starts at 0"))
+    beta1: float = field(default=0.9, metadata=field_help("Adam beta1"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gaps", tuple(int(g) for g in self.gaps))
+        object.__setattr__(self, "gap_probs", tuple(float(p) for p in self.gap_probs))
 
 
 def lab_channel_dropout(lab: torch.Tensor, drop: torch.Tensor, scale: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
