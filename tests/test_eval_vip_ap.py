@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from vlprop.errors import InputError
-from vlprop.eval.vip import (AP_THRESHOLDS, InstanceFrame, frame_true_positives, instance_ap, mask_ious,
-                             voc_average_precision)
+from vlprop.eval.vip import (
+    AP_THRESHOLDS,
+    InstanceFrame,
+    frame_true_positives,
+    instance_ap,
+    mask_ious,
+    voc_average_precision,
+)
 
 
 def strip(*spans, n=30):
@@ -134,3 +140,117 @@ def test_voc_ap_is_all_points_not_eleven_point():
     # two GT, one TP: all-points AP = 1/2 (11-point VOC07 would give 6/11)
     assert voc_average_precision([0.9], [True], 2) == 0.5
     assert voc_average_precision([], [], 3) == 0.0
+
+
+# ------------------------------------------------------------------ VIP folders with instance-part annotations
+def add_instances(root, videos=("v1",), T=26, size=(32, 40), txt=True):
+    """Two persons on the make_vip folder: person 1 = make_vip's hair / upper clothes / face, person 2 = hair at
+    rows 4..13, cols 32..39. Category_ids are rewritten; Instance_ids get id = class + 20 * (person - 1) (the
+    CIHP / VIP numbering) and a .txt with '<id> <class> <person>' lines."""
+    from PIL import Image
+
+    H, W = size
+    cats = np.zeros((H, W), np.uint8)
+    inst = np.zeros((H, W), np.uint8)
+    regions = [(1, 2, np.s_[4:14, 5:20]), (1, 4, np.s_[14:28, 5:20]), (1, 13, np.s_[14:28, 22:30]),
+               (2, 2, np.s_[4:14, 32:40])]
+    lines = []
+    for person, cls, sl in regions:
+        cats[sl] = cls
+        inst[sl] = cls + 20 * (person - 1)
+        lines.append(f"{cls + 20 * (person - 1)} {cls} {person}\n")
+    for v in videos:
+        (root / "Instance_ids" / v).mkdir(parents=True, exist_ok=True)
+        for t in range(0, T, 25):
+            Image.fromarray(cats).save(root / "Category_ids" / v / f"{t:06d}.png")
+            Image.fromarray(inst).save(root / "Instance_ids" / v / f"{t:06d}.png")
+            if txt:
+                (root / "Instance_ids" / v / f"{t:06d}.txt").write_text("".join(lines))
+    return cats, inst
+
+
+def vip_with_instances(tmp_path, txt=True):
+    from test_eval_vip import make_vip
+
+    make_vip(tmp_path / "VIP_Fine", videos=("v1",), T=26)
+    return add_instances(tmp_path / "VIP_Fine", txt=txt)
+
+
+def test_instance_ground_truth_from_the_txt_or_from_category_pairs(tmp_path):
+    from vlprop.eval.vip import has_instance_gt, read_instance_gt, read_vip
+
+    _, inst = vip_with_instances(tmp_path)
+    (v,) = read_vip(tmp_path / "VIP_Fine", "val")
+    assert has_instance_gt([v])
+    ids, class_of = read_instance_gt(v, "000025")
+    assert class_of == {2: 2, 4: 4, 13: 13, 22: 2} and (ids == inst).all()
+    for p in (tmp_path / "VIP_Fine" / "Instance_ids" / "v1").glob("*.txt"):
+        p.unlink()
+    ids2, class_of2 = read_instance_gt(v, "000025")  # no .txt: (instance id, category) pairs, renumbered
+    assert sorted(class_of2.values()) == [2, 2, 4, 13]
+    assert {(int((ids2 == k).sum()), c) for k, c in class_of2.items()} == \
+        {(int((inst == k).sum()), c) for k, c in class_of.items()}
+
+
+def test_eval_parts_cli_scores_instance_predictions_with_ap(tmp_path, capsys):
+    import json
+
+    from vlprop.cli import main
+    from vlprop.eval.vip import read_instance_prediction, write_instance_prediction
+
+    cats, inst = vip_with_instances(tmp_path)
+    sem = tmp_path / "pred" / "v1"
+    sem.mkdir(parents=True)
+    from PIL import Image
+    Image.fromarray(cats).save(sem / "000025.png")
+    ins = tmp_path / "inst" / "v1"
+    ins.mkdir(parents=True)
+    # person 2's hair is missed: class 2 has 2 GT and 1 hit (recall 1/2, precision 1 -> AP 1/2); hat 4 and face
+    # 13 are perfect (AP 1) -> AP^r = (1/2 + 1 + 1) / 3 = 5/6 at every threshold, AP^r_vol = 5/6
+    missed = np.where(inst == 22, 0, inst)
+    write_instance_prediction(ins / "000025.png", missed, {2: 2, 4: 4, 13: 13}, {2: 0.9, 4: 0.8, 13: 0.7})
+    ids, classes, _ = read_instance_prediction(ins / "000025.png")
+    assert sorted(np.unique(ids).tolist()) == [0, 1, 2, 3] and classes == {1: 2, 2: 4, 3: 13}
+    assert (ins / "000025.txt").read_text() == "2 0.900000\n4 0.800000\n13 0.700000\n"  # ATEN's format
+    args = ["eval", "parts", "--root", str(tmp_path / "VIP_Fine"), "--out", str(tmp_path / "out"),
+            "--score-only", str(tmp_path / "pred")]
+    assert main(args + ["--instance-pred", str(tmp_path / "inst")]) == 0
+    res = json.loads((tmp_path / "out" / "parts.json").read_text())
+    assert res["miou"] == 1.0
+    ap = res["instance_ap"]
+    assert np.allclose(ap["ap_r"], 5 / 6) and math.isclose(ap["ap_r_vol"], 5 / 6)
+    assert ap["ap_r_per_class"]["2"] == [0.5] * 9 and ap["ap_r_per_class"]["1"] is None
+    assert ap["gt_instances"] == 4 and ap["pred_instances"] == 3 and ap["frames"] == 1
+    assert "AP^r_vol (vip) | 0.8333" in (tmp_path / "out" / "parts.md").read_text()
+    assert "AP^r_vol" in capsys.readouterr().out
+    # without --instance-pred a score-only run reports no AP; --ap on then refuses
+    assert main(args + ["--out", str(tmp_path / "out2")]) == 0
+    assert "instance_ap" not in json.loads((tmp_path / "out2" / "parts.json").read_text())
+    capsys.readouterr()
+    assert main(args + ["--ap", "on"]) == 2
+    assert "needs --instance-pred" in capsys.readouterr().err
+    assert main(args + ["--instance-pred", str(tmp_path / "nothing")]) == 2
+    assert "missing instance prediction" in capsys.readouterr().err
+
+
+def test_eval_parts_cli_propagates_instances_and_reports_ap(tmp_path):
+    import json
+
+    from vlprop.cli import main
+    from vlprop.eval.vip import read_instance_prediction
+
+    _, inst = vip_with_instances(tmp_path)
+    out = tmp_path / "out"
+    assert main(["eval", "parts", "--root", str(tmp_path / "VIP_Fine"), "--out", str(out), "--preset", "crw",
+                 "--backbone", "resnet18", "--weights", "random"]) == 0
+    ids, classes, scores = read_instance_prediction(out / "instance_part" / "v1" / "000025.png")
+    assert ids.shape == inst.shape and set(classes.values()) <= {2, 4, 13}
+    assert all(0 < s <= 1 for s in scores.values())
+    ap = json.loads((out / "parts.json").read_text())["instance_ap"]
+    assert ap["gt_instances"] == 4 and 1 <= ap["pred_instances"] <= 4
+    # a static video: the instances stay where they were up to the 8-px grid
+    assert ap["ap_r"][0] > 0.5 and 0 <= ap["ap_r_vol"] <= ap["ap_r"][0]
+    # --ap off: no instance propagation
+    assert main(["eval", "parts", "--root", str(tmp_path / "VIP_Fine"), "--out", str(tmp_path / "o2"), "--preset",
+                 "crw", "--backbone", "resnet18", "--weights", "random", "--ap", "off"]) == 0
+    assert not (tmp_path / "o2" / "instance_part").exists()

@@ -51,6 +51,10 @@ Definition (VIP / ATEN variant, ``matching="vip"``, the default):
 * AP^r at t = mean over the classes of AP_c(t); thresholds 0.1, 0.2, ..., 0.9; **AP^r_vol = mean over the 9
   thresholds** of AP^r(t) ("vol": the volume under the AP-vs-threshold curve, as in SDS).
 
+A consequence of the reference's rule that we keep: when two predictions of a class both overlap one
+ground-truth instance by more than t (possible only for t < 0.5 with disjoint regions), both count, recall can
+pass 1 and AP_c(t) can exceed 1 (``test_duplicates_count_as_hits_in_the_vip_reference_but_not_in_sds``).
+
 The SDS variant (``matching="sds"``) differs in one point: in each frame the predictions are taken by
 descending score and each is assigned to the not-yet-covered ground truth of its class with the largest IoU,
 true positive iff that IoU ``> t``; a second prediction of an already covered ground truth is a false
@@ -278,7 +282,7 @@ class InstanceFrame:
 
     @classmethod
     def from_maps(cls, gt_ids: np.ndarray, gt_class_of: dict[int, int], pred_ids: np.ndarray,
-                  pred_class_of: dict[int, int], pred_score_of: dict[int, float]) -> "InstanceFrame":
+                  pred_class_of: dict[int, int], pred_score_of: dict[int, float]) -> InstanceFrame:
         """From id maps (0 = background): every id present with a class is one instance."""
         def split(ids, class_of):
             keys = [int(v) for v in np.unique(ids) if v != 0 and int(v) in class_of]
@@ -533,6 +537,12 @@ def format_parts_markdown(res: dict[str, Any]) -> str:
     for key in ("miou", "pixel_acc", "mean_class_acc", "fwiou"):
         rows.append(f"| {key} | {res[key]:.4f} |")
     rows.append(f"| frames scored | {res['frames']} ({res['videos']} videos) |")
+    ap = res.get("instance_ap")
+    if ap:
+        rows.append(f"| AP^r_vol ({ap['matching']}) | {ap['ap_r_vol']:.4f} |")
+        for t, v in zip(ap["thresholds"], ap["ap_r"]):
+            rows.append(f"| AP^r@{t:.1f} | {v:.4f} |")
+        rows.append(f"| instances (GT / predicted) | {ap['gt_instances']} / {ap['pred_instances']} |")
     return "\n".join(rows) + "\n"
 
 
