@@ -254,3 +254,24 @@ def test_eval_parts_cli_propagates_instances_and_reports_ap(tmp_path):
     assert main(["eval", "parts", "--root", str(tmp_path / "VIP_Fine"), "--out", str(tmp_path / "o2"), "--preset",
                  "crw", "--backbone", "resnet18", "--weights", "random", "--ap", "off"]) == 0
     assert not (tmp_path / "o2" / "instance_part").exists()
+
+
+def test_a_video_without_instances_in_its_first_frame_predicts_none(tmp_path):
+    from PIL import Image
+
+    from vlprop.eval.vip import (
+        propagate_instance_parts,
+        read_instance_prediction,
+        read_vip,
+        score_instance_parts,
+    )
+
+    _, inst = vip_with_instances(tmp_path)
+    root = tmp_path / "VIP_Fine"
+    Image.fromarray(np.zeros_like(inst)).save(root / "Instance_ids" / "v1" / "000000.png")
+    vids = read_vip(root, "val")
+    propagate_instance_parts(vids, None, tmp_path / "inst")  # the propagator is not needed
+    ids, classes, _ = read_instance_prediction(tmp_path / "inst" / "v1" / "000025.png")
+    assert not ids.any() and classes == {}
+    res = score_instance_parts(vids, tmp_path / "inst")
+    assert res["ap_r_vol"] == 0.0 and res["gt_instances"] == 4 and res["pred_instances"] == 0

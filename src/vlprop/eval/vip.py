@@ -511,6 +511,11 @@ def propagate_instance_parts(videos: Sequence[VIPVideo], propagator, out_dir: st
         wanted = {v.frames[i].stem for i in v.annotated}
         out = Path(out_dir) / v.name
         out.mkdir(parents=True, exist_ok=True)
+        if not keys:  # nothing to propagate: no predicted instance in any frame
+            for f in frames:
+                if f.stem in wanted:
+                    write_instance_prediction(out / f"{f.stem}.png", np.zeros(gt.shape, np.uint8), {}, {})
+            continue
         source = ImageFolderSource(frames[0].parent)
         source.files = list(frames)
         geometry = None
