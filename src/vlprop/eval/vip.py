@@ -30,9 +30,13 @@ Sources read (reference only, nothing copied):
   logic) is CIHP's ``Engineering-Course/CIHP_PGN`` ``evaluation/test_inst_part_ap.py`` (Gong et al. 2018).
 * The origin of the name: Hariharan et al. 2014 (SDS), repository ``bharath272/sds_eccv2014``, files
   ``evaluation/run_benchmark.m`` (AP^r at thresholds ``0.1*t``, t = 1..9; ``AP^r_{vol} = mean(ap_vol)``),
-  ``evaluation/generalized_det_eval.m`` and ``get_ap.m`` (VOC AP). Li, Arnab & Torr 2017 report AP^r and
-  AP^r_vol "as in" SDS; we found no public code of theirs. The released CRW (``eval_vip.py``), UVC
-  (``Liusifei/UVC`` ``eval_vip.py``) and TimeCycle code computes the VIP mIoU only: no AP code.
+  ``evaluation/generalized_det_eval.m`` and ``get_ap.m`` (VOC AP).
+* The VIP benchmark page (sysu-hcp.net/lip/video_parsing.php, stored copy): metric "APrvol for instance-level
+  human parsing, reported by Holistic, Instance-Level Human Parsing" (Li, Arnab & Torr 2017), submissions as
+  an indexed PNG per frame plus a text file whose line k is ``<class_id score>`` of id k -- ATEN's format. We
+  found no public code of Li et al. and did not read their evaluation text; the definition below is the code's.
+  The released CRW (``eval_vip.py``), UVC (``Liusifei/UVC`` ``eval_vip.py``) and TimeCycle code computes the VIP
+  mIoU only: no AP code.
 
 Definition (VIP / ATEN variant, ``matching="vip"``, the default):
 
