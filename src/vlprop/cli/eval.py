@@ -201,7 +201,8 @@ def add_pose_command(eval_subparsers) -> Any:
 
 
 def add_parts_command(esub) -> argparse.ArgumentParser:
-    """``vlprop eval parts``: semantic part propagation on VIP (mIoU, pixel acc., mean class acc., fwIoU)."""
+    """``vlprop eval parts``: semantic part propagation on VIP (mIoU, pixel acc., mean class acc., fwIoU) and
+    instance-part propagation (AP^r per IoU threshold, AP^r_vol)."""
     p = esub.add_parser(
         "parts", help="propagate VIP part labels (20 classes) and score mIoU",
         description="Propagate the first annotated parsing map of every VIP video (each class id present = one "
@@ -209,7 +210,14 @@ def add_parts_command(esub) -> argparse.ArgumentParser:
                     "score them: one confusion matrix over all frames of all videos (ground-truth ids outside the 20 "
                     "classes ignored, predictions nearest-resized to the ground truth) -> mIoU, pixel accuracy, "
                     "mean class accuracy, fwIoU (parts.json, parts.md). --score-only scores an existing folder. "
-                    "The instance-level AP^r_vol is not computed (its exact definition was not verified).")
+                    "When the instance-part annotations are there (Instance_ids/<video>/<frame>.png + .txt), every "
+                    "(person, part) instance of the first annotated frame is also propagated as one object and "
+                    "scored with the instance-level AP^r at IoU 0.1..0.9 and AP^r_vol (their mean), as VIP's "
+                    "reference evaluation computes them (HCPLab-SYSU/ATEN evaluate/test_inst_part_ap.py: a "
+                    "prediction is a hit when its best IoU with a ground-truth instance of its class exceeds the "
+                    "threshold, VOC all-points AP per class over all frames, mean over classes, then over "
+                    "thresholds); score of a propagated instance = its mean probability over its region. "
+                    "Predictions: <out>/instance_part/<video>/<frame>.png + .txt (ATEN's format).")
     p.add_argument("--root", required=True, help="VIP_Fine folder (Images/, Category_ids/, lists/)")
     p.add_argument("--split", default="val", help="list name (lists/<split>_videos.txt) or a .txt file")
     p.add_argument("--out", required=True, help="output folder")
@@ -218,22 +226,47 @@ def add_parts_command(esub) -> argparse.ArgumentParser:
     p.add_argument("--include-first", action="store_true", help="also score the labelled (first annotated) frame")
     p.add_argument("--score-only", default=None, metavar="PRED_DIR",
                    help="score <PRED_DIR>/<video>/<frame>.png instead of propagating")
+    p.add_argument("--instance-pred", default=None, metavar="DIR",
+                   help="with --score-only: also score the instance-part predictions <DIR>/<video>/<frame>.png + "
+                        ".txt (ATEN's format: line i = '<class> <score>' of id i) with AP^r / AP^r_vol")
+    p.add_argument("--ap", choices=("auto", "on", "off"), default="auto",
+                   help="instance-level AP^r_vol: auto = when every annotated frame has an Instance_ids map "
+                        "(default), on = required, off = skip")
+    p.add_argument("--ap-matching", choices=("vip", "sds"), default="vip",
+                   help="vip (default): VIP/ATEN reference, a prediction is a hit when its best IoU exceeds the "
+                        "threshold; sds: one-to-one greedy assignment by score (Hariharan et al. 2014)")
     add_model_args(p, default_preset="crw")
     p.set_defaults(func=cmd_eval_parts)
     return p
 
 
 def cmd_eval_parts(args) -> int:
-    from vlprop.eval.vip import format_parts_markdown, propagate_parts, read_vip, score_parts, write_results
+    from vlprop.eval.vip import (format_parts_markdown, has_instance_gt, propagate_instance_parts, propagate_parts,
+                                 read_vip, score_instance_parts, score_parts, write_results)
 
     videos = read_vip(args.root, args.split, args.videos.split(",") if args.videos else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pred = Path(args.score_only) if args.score_only else out / "predictions"
+    inst_pred = Path(args.instance_pred) if args.instance_pred else None
+    if inst_pred is not None and not args.score_only:
+        raise InputError("--instance-pred goes with --score-only (without it the instances are propagated)")
+    have_gt = has_instance_gt(videos)
+    if args.ap == "on" and not have_gt:
+        raise InputError("--ap on: some annotated frame has no Instance_ids/<video>/<frame>.png")
+    if args.ap == "on" and args.score_only and inst_pred is None:
+        raise InputError("--ap on with --score-only needs --instance-pred DIR")
+    do_ap = args.ap != "off" and have_gt and (inst_pred is not None or not args.score_only)
     if not args.score_only:
         prop = model_spec_from_args(args).build(void=None)
         propagate_parts(videos, prop, pred, max_frames=args.max_frames, log=print)
+        if do_ap:
+            inst_pred = out / "instance_part"
+            propagate_instance_parts(videos, prop, inst_pred, max_frames=args.max_frames, log=print)
     res = score_parts(videos, pred, include_first=args.include_first)
+    if do_ap:
+        res["instance_ap"] = score_instance_parts(videos, inst_pred, include_first=args.include_first,
+                                                  matching=args.ap_matching)
     write_results(res, out)
     print(format_parts_markdown(res), end="")
     return 0
