@@ -96,6 +96,9 @@ class Propagator:
         self.precision = check_precision(model.precision, model.device)
         # the engines' dtype: bfloat16 GEMMs in the bf16 fast mode (PropagationEngine's own dtype argument)
         self.engine_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        # further PropagationEngine keyword arguments for every engine of this session (benchmarks: an engine
+        # version's kernel choice)
+        self.engine_options: dict[str, Any] = {}
         if extractor is None:
             resolved = model.resolve(default_preset="dul")
             self.preset = resolved.preset
@@ -114,7 +117,7 @@ class Propagator:
         """A :class:`~vlprop.propagation.engine.PropagationEngine` for this session's preset (or ``config``) in
         this session's precision."""
         return PropagationEngine(self.preset.propagation if config is None else config, dtype=self.engine_dtype,
-                                 **kwargs)
+                                 **{**self.engine_options, **kwargs})
 
     # ----------------------------------------------------------------- labels
     def _load_masks(self, masks: Mapping | None, annotations: str | Path | None,
