@@ -11,6 +11,7 @@ from PIL import Image
 
 import vlprop.backbones.fusion as fusion
 from vlprop.backbones import FeatureExtractor, create_backbone
+from vlprop.backbones.extractor import CPU_BATCH_SIZE
 from vlprop.backbones.fusion import bf16_supported, check_precision, fold_batchnorm
 from vlprop.cli import main
 from vlprop.demo import synthetic_video
@@ -57,7 +58,7 @@ def test_extractor_with_folding_and_channels_last_gives_the_same_contiguous_feat
     fast = FeatureExtractor(_random_bn_stats(create_backbone("efficientnet_lite0", weights="random", seed=1)),
                             fold_bn=True, memory_format="channels_last")
     a, b = plain.extract_batch(list(frames)), fast.extract_batch(list(frames))
-    assert fast.bn_folded > 0 and fast.batch_size == 1  # the measured CPU default
+    assert fast.bn_folded > 0 and fast.batch_size == CPU_BATCH_SIZE  # the measured CPU default
     assert b.is_contiguous() and b.dtype == torch.float32
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
 

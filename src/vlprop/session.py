@@ -72,7 +72,7 @@ class Propagator:
         model: a :class:`~vlprop.model.ModelSpec` instead of the separate model arguments above.
         extractor: use this feature extractor (anything with ``extract_batch``, ``geometry`` and ``batch_size``)
             instead of building one from the model arguments.
-        batch_size: frames per backbone pass (``None``: the device's measured default, 1 on CPU).
+        batch_size: frames per backbone pass (``None``: the device's measured default, 4).
         precision: ``"fp32"`` (default) or ``"bf16"``: bfloat16 backbone and engines created with
             ``dtype=torch.bfloat16`` (approximate, faster where the hardware has bfloat16; an
             :class:`~vlprop.errors.InputError` where it has not). With ``model``, the model's precision.

@@ -25,14 +25,16 @@ from vlprop.geometry import GridGeometry
 # Values of float frames may exceed [0, 1] by this much (rounding of upstream conversions).
 _RANGE_TOLERANCE = 1e-3
 
-# Frames per backbone pass when none is given. Measured on a 2-core AVX-512 Xeon with the default model at 480p
-# (benchmarks/end_to_end.py, docs/RESULTS.md "Speed"): batch 1 was faster per frame than batch 4 (the
-# activations of one frame already exceed the caches; larger batches only add memory), so the CPU default is 1.
-# On CUDA, batches keep the GPU busy: 4 as before.
-CPU_BATCH_SIZE = 1
+# Frames per backbone pass when none is given, chosen by measurement (benchmarks/end_to_end.py and
+# docs/RESULTS.md "End-to-end speed"): on a 2-core AVX-512 Xeon, default model, 480p, BatchNorm folded, channels_last,
+# medians of 7 alternating repeats, batch 4 took 1.41 s/frame, batch 2 1.48, batch 1 1.70 (fp32); bf16 0.70 / 1.03
+# / 1.44. With channels_last, batch 1 is no longer faster than batch 4 (it was with contiguous tensors in the
+# issue's measurement), so the CPU default stays 4. On CUDA batches keep the GPU busy: 4 as well.
+CPU_BATCH_SIZE = 4
 CUDA_BATCH_SIZE = 4
 MEMORY_FORMATS = ("contiguous", "channels_last")
-# Memory format of the model layer's extractors (measured, see CPU_BATCH_SIZE).
+# Memory format of the model layer's extractors (measured as CPU_BATCH_SIZE: batch 4 with folded BatchNorm took
+# 2.06 s/frame contiguous, 1.41 s/frame channels_last; oneDNN runs NHWC convolutions without reorders).
 FAST_MEMORY_FORMAT = "channels_last"
 
 
@@ -153,7 +155,7 @@ class FeatureExtractor:
             with ``input_scale != 1``.
         size: resize every frame to this fixed ``(height, width)`` in pixels, aspect NOT kept (CRW JHMDB
             320x320, VIP 560x560); exclusive with ``short_side`` and ``input_scale != 1``.
-        batch_size: frames per forward pass (``None``: :func:`default_batch_size` of the device, measured).
+        batch_size: frames per forward pass (``None``: :func:`default_batch_size` of the device, measured: 4).
         autocast: run under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
         dtype: dtype of the network parameters and inputs (e.g. ``torch.float16`` on GPU).
         precision: ``"fp32"`` (default: ``dtype``/``autocast`` as given) or ``"bf16"``: bfloat16 weights and
