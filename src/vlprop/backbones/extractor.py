@@ -25,11 +25,11 @@ from vlprop.geometry import GridGeometry
 # Values of float frames may exceed [0, 1] by this much (rounding of upstream conversions).
 _RANGE_TOLERANCE = 1e-3
 
-# Frames per backbone pass when none is given, chosen by measurement (benchmarks/end_to_end.py and
-# docs/RESULTS.md "End-to-end speed"): on a 2-core AVX-512 Xeon, default model, 480p, BatchNorm folded, channels_last,
-# medians of 7 alternating repeats, batch 4 took 1.41 s/frame, batch 2 1.48, batch 1 1.70 (fp32); bf16 0.70 / 1.03
-# / 1.44. With channels_last, batch 1 is no longer faster than batch 4 (it was with contiguous tensors in the
-# issue's measurement), so the CPU default stays 4. On CUDA batches keep the GPU busy: 4 as well.
+# Frames per backbone pass when none is given, chosen by measurement (docs/RESULTS.md "End-to-end speed"): the
+# default model's backbone alone on 480p inputs, 2-core AVX-512 Xeon shared with other jobs, settings alternated in
+# one process, medians of 7 repeats: with BatchNorm folded and channels_last, batch 4 took 1.41 s/frame, batch 2
+# 1.48, batch 1 1.70 (bf16: 0.70 / 1.03 / 1.44); unfolded and contiguous, batch 4 2.11 and batch 1 3.01 (5
+# repeats). Batch 1 was never faster here, so the CPU default stays 4. On CUDA batches keep the GPU busy: 4.
 CPU_BATCH_SIZE = 4
 CUDA_BATCH_SIZE = 4
 MEMORY_FORMATS = ("contiguous", "channels_last")
