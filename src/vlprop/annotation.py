@@ -40,7 +40,6 @@ from .geometry import GridGeometry
 from .io.files import atomic_path
 from .io.video import FrameSource, ImageFolderSource, VideoFileSource, open_frames
 from .labels.masks import decode_probs, probs_to_mask
-from .propagation.engine import PropagationEngine
 from .session import FrameResult, Propagator, _Group, _merge
 
 log = logging.getLogger(__name__)
@@ -135,6 +134,8 @@ class FeatureCache:
         self.frames = frames
         self.extractor = extractor
         self.block = max(1, int(getattr(extractor, "batch_size", 4)))
+        # features are kept where the extractor makes them (the engine follows them); files hold CPU copies
+        self.device = torch.device(getattr(extractor, "device", None) or "cpu")
         self.key = key
         self.dir = Path(cache_dir) / key if cache_dir is not None else None
         self.max_memory_bytes = max_memory_bytes
@@ -170,7 +171,7 @@ class FeatureCache:
             self._mem.move_to_end(t)
             return f
         if self.dir is not None and self._file(t).is_file():
-            f = torch.load(self._file(t), weights_only=True)
+            f = torch.load(self._file(t), weights_only=True, map_location=self.device)
             self._remember(t, f)
             return f
         b0 = (t // self.block) * self.block
@@ -178,14 +179,14 @@ class FeatureCache:
         feats = self.extractor.extract_batch([self.frames.image(i) for i in idx])
         self.frames_extracted += len(idx)
         for i, fi in zip(idx, feats):
-            fi = fi.detach().cpu().contiguous()
+            fi = fi.detach().contiguous()
             if self.dir is not None:
                 with atomic_path(self._file(i)) as tmp:
-                    torch.save(fi.clone(), tmp)
+                    torch.save(fi.cpu().clone(), tmp)
             self._remember(i, fi)
         if self.dir is not None and self.max_disk_bytes is not None:
             self._trim_disk()
-        return feats[t - b0].detach().cpu().contiguous() if t not in self._mem else self._mem[t]
+        return feats[t - b0].detach().contiguous() if t not in self._mem else self._mem[t]
 
     def _trim_disk(self) -> None:
         root = self.dir.parent
@@ -285,7 +286,7 @@ class _Pass:
         self._live, self._live_uid = [], {}
         for uid, active in groups:
             rec = self._records[uid]
-            eng = PropagationEngine(cfg)
+            eng = self.s.propagator.new_engine(cfg)
             eng.reset(self.s.features[rec.start], rec.start_labels)
             pushed = [self.order[q] for q in range(self.pos[rec.start] + 1, j)]
             if cfg.context > 0:
@@ -336,7 +337,8 @@ class _Pass:
                 self._push(g, t, f, p)
             self._live = [g for g in self._live if g.active]
             if ann_ids:
-                eng = PropagationEngine(cfg.propagation)
+                ann_labels = ann_labels.to(f.device)
+                eng = s.propagator.new_engine(cfg.propagation)
                 eng.reset(f, ann_labels)
                 rec = _GroupRecord(self._next_uid, t, list(ann_ids), ann_labels)
                 self._records[rec.uid] = rec
@@ -354,7 +356,7 @@ class _Pass:
         if not preds:
             res = PassResult(FrameResult(t, name, np.zeros(s.size, np.uint8), None, list(self._all_ids)), {}, [])
         else:
-            probs = _merge(preds, self._all_ids)
+            probs = _merge(preds, self._all_ids).float().cpu()  # to the CPU only for decoding
             mask = s._decode(probs, list(self._all_ids), geometry, ann, ann_ids)
             res = PassResult(FrameResult(t, name, mask, probs, list(self._all_ids), annotated=ann is not None),
                              anchors, ann_ids)

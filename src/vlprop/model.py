@@ -196,19 +196,27 @@ def preprocessing_for(net, preset: Preset):
     return IMAGENET
 
 
-def extractor_for_network(net, preset: Preset, device: str = "cpu", batch_size: int = 4, autocast: bool = False,
-                          resize: bool = True):
+def extractor_for_network(net, preset: Preset, device: str = "cpu", batch_size: int | None = None,
+                          autocast: bool = False, resize: bool = True, precision: str = "fp32", fast: bool = False):
     """A :class:`~vlprop.backbones.FeatureExtractor` on a built network: the input preprocessing of
     :func:`preprocessing_for` and the preset's input size -- a factor, a short side or a fixed ``(H, W)``
-    (``resize=False``: frames go in at their size)."""
+    (``resize=False``: frames go in at their size).
+
+    ``batch_size=None`` takes the device's measured default; ``precision`` is ``fp32`` or ``bf16``. ``fast=True``
+    folds BatchNorm into the convolutions (rewriting ``net`` in place: only for a network nothing else uses)
+    and uses the measured memory format (:data:`~vlprop.backbones.extractor.FAST_MEMORY_FORMAT`)."""
     from .backbones import FeatureExtractor
+    from .backbones.extractor import FAST_MEMORY_FORMAT
 
     feats = preset.features
     pre = preprocessing_for(net, preset)
+    kw: dict[str, Any] = dict(device=device, batch_size=batch_size, autocast=autocast, preprocessing=pre,
+                              precision=precision)
+    if fast:
+        kw.update(fold_bn=True, memory_format=FAST_MEMORY_FORMAT)
     if not resize:
-        return FeatureExtractor(net, device=device, batch_size=batch_size, autocast=autocast, preprocessing=pre)
-    return FeatureExtractor(net, device=device, input_scale=feats.input_scale, short_side=feats.short_side,
-                            size=feats.size, batch_size=batch_size, autocast=autocast, preprocessing=pre)
+        return FeatureExtractor(net, **kw)
+    return FeatureExtractor(net, input_scale=feats.input_scale, short_side=feats.short_side, size=feats.size, **kw)
 
 
 def weights_kind(net, weights: str | Path, named: "NamedModel | None" = None) -> set[str]:
@@ -248,6 +256,7 @@ class ResolvedModel:
     device: str
     seed: int
     named: NamedModel | None = None
+    precision: str = "fp32"
 
     def network(self):
         """The backbone in eval mode with its weights loaded (``net.preprocessing`` set by its family)."""
@@ -263,15 +272,28 @@ class ResolvedModel:
             check_expected_weights(self.preset, weights_kind(net, self.weights, self.named), self.weights)
         return net
 
-    def extractor(self, batch_size: int = 4, autocast: bool = False, resize: bool = True):
+    def extractor(self, batch_size: int | None = None, autocast: bool = False, resize: bool = True,
+                  fast: bool = True):
         """A :class:`~vlprop.backbones.FeatureExtractor` on :meth:`network` with the preset's input size
-        (``resize=False``: frames go in at their size, e.g. crops that are already network inputs)."""
+        (``resize=False``: frames go in at their size, e.g. crops that are already network inputs), in this
+        model's ``precision``. ``batch_size=None``: the device's measured default. ``fast`` (default): BatchNorm
+        folded into the convolutions and the measured memory format (the network is built here, so it is ours
+        to rewrite); ``fast=False`` runs the network as built."""
         return extractor_for_network(self.network(), self.preset, device=self.device, batch_size=batch_size,
-                                     autocast=autocast, resize=resize)
+                                     autocast=autocast, resize=resize, precision=self.precision, fast=fast)
+
+    @property
+    def engine_dtype(self):
+        """dtype of the :class:`~vlprop.propagation.engine.PropagationEngine` s of this model: bfloat16 for
+        ``precision="bf16"``, else float32."""
+        import torch
+
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def description(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "weights": str(self.weights), "layer": self.layer,
-                "stride": self.stride, "named_model": self.named.name if self.named else None}
+                "stride": self.stride, "named_model": self.named.name if self.named else None,
+                "precision": self.precision}
 
 
 @dataclass(frozen=True)
@@ -279,8 +301,9 @@ class ModelSpec:
     """Everything needed to build a model, as plain picklable values (sent to worker processes).
 
     Mirrors the ``vlprop`` model arguments (``--preset --backbone --weights --layer --stride --input-scale
-    --short-side --device --seed --compat --set KEY=VALUE``); ``overrides`` holds the ``--set`` pairs. ``None``
-    means "not given": the precedence rules of :mod:`vlprop.model` fill it in.
+    --short-side --device --precision --seed --compat --set KEY=VALUE``); ``overrides`` holds the ``--set``
+    pairs. ``None`` means "not given": the precedence rules of :mod:`vlprop.model` fill it in. ``precision``:
+    ``"fp32"`` (default) or ``"bf16"`` (bfloat16 backbone and propagation GEMMs; approximate).
     """
 
     preset: str | Preset | None = None
@@ -294,12 +317,15 @@ class ModelSpec:
     compat: bool = False
     overrides: tuple[tuple[str, Any], ...] = ()
     stride: int | None = None
+    precision: str = "fp32"
 
     def resolve(self, default_preset: str = "dul", keypoints: bool = False) -> ResolvedModel:
         """Apply the precedence rules; ``keypoints=True`` gives the preset a keypoint codec if it has none
         (and a named model's mask preset is not used: keypoints take ``default_preset``)."""
+        from .backbones.fusion import check_precision
         from .backbones.registry import backbone_factory
 
+        check_precision(self.precision, self.device)
         nm = named_model(self.weights)
         preset_name = self.preset if self.preset is not None else \
             (nm.preset if nm is not None and not keypoints else default_preset)
@@ -360,7 +386,7 @@ class ModelSpec:
             feats = replace(feats, input_scale=float(input_scale), short_side=None)
         preset = replace(preset, features=feats)
         return ResolvedModel(preset=preset, backbone=backbone, weights=resolve_weights(self.weights), layer=layer,
-                             stride=stride, device=self.device, seed=self.seed, named=nm)
+                             stride=stride, device=self.device, seed=self.seed, named=nm, precision=self.precision)
 
     def resolved_preset(self, default_preset: str = "dul"):
         """The :class:`~vlprop.config.Preset` the propagator will use (overrides applied)."""

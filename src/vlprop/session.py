@@ -72,18 +72,33 @@ class Propagator:
         model: a :class:`~vlprop.model.ModelSpec` instead of the separate model arguments above.
         extractor: use this feature extractor (anything with ``extract_batch``, ``geometry`` and ``batch_size``)
             instead of building one from the model arguments.
+        batch_size: frames per backbone pass (``None``: the device's measured default, 4).
+        precision: ``"fp32"`` (default) or ``"bf16"``: bfloat16 backbone and engines created with
+            ``dtype=torch.bfloat16`` (approximate, faster where the hardware has bfloat16; an
+            :class:`~vlprop.errors.InputError` where it has not). With ``model``, the model's precision.
+
+    Devices: features stay on the extractor's device and go to the engines as they are (the engine computes
+    where its features are); only the merged probabilities come to the CPU, as float32, for decoding.
     """
 
     def __init__(self, preset: str | Preset | None = None, backbone: str | None = None, weights: Any = "default",
                  device: str = "cpu", layer: str | None = None, stride: int | None = None,
                  input_scale: float | None = None, short_side: int | None = None, compat: bool = False,
-                 seed: int = 0, batch_size: int = 4, autocast: bool = False, void: int | None = 255,
-                 extractor: Any = None, model: ModelSpec | None = None, **overrides: Any):
+                 seed: int = 0, batch_size: int | None = None, autocast: bool = False, void: int | None = 255,
+                 extractor: Any = None, model: ModelSpec | None = None, precision: str = "fp32", **overrides: Any):
+        from .backbones.fusion import check_precision
+
         self.void = void
         if model is None:
             model = ModelSpec(preset=preset, backbone=backbone, weights=weights, layer=layer, stride=stride,
                               input_scale=input_scale, short_side=short_side, device=device, seed=seed,
-                              compat=compat, overrides=tuple(sorted(overrides.items())))
+                              compat=compat, overrides=tuple(sorted(overrides.items())), precision=precision)
+        self.precision = check_precision(model.precision, model.device)
+        # the engines' dtype: bfloat16 GEMMs in the bf16 fast mode (PropagationEngine's own dtype argument)
+        self.engine_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        # further PropagationEngine keyword arguments for every engine of this session (benchmarks: an engine
+        # version's kernel choice)
+        self.engine_options: dict[str, Any] = {}
         if extractor is None:
             resolved = model.resolve(default_preset="dul")
             self.preset = resolved.preset
@@ -97,6 +112,12 @@ class Propagator:
             self.weights = weights
             self.backbone = backbone
         self.extractor = extractor
+
+    def new_engine(self, config=None, **kwargs) -> PropagationEngine:
+        """A :class:`~vlprop.propagation.engine.PropagationEngine` for this session's preset (or ``config``) in
+        this session's precision."""
+        return PropagationEngine(self.preset.propagation if config is None else config, dtype=self.engine_dtype,
+                                 **{**self.engine_options, **kwargs})
 
     # ----------------------------------------------------------------- labels
     def _load_masks(self, masks: Mapping | None, annotations: str | Path | None,
@@ -154,8 +175,9 @@ class Propagator:
 
     def _take_over(self, ann: np.ndarray, all_ids: list[int], preds: list, geometry: GridGeometry):
         """A label on this frame: its object ids (appended to ``all_ids``) and its encoded labels ``[1+K, h, w]``
-        (``None`` without objects). The new labels win where they are: each group in ``preds`` (``(group,
-        prediction)`` pairs) gives up those objects and their area, in place."""
+        (``None`` without objects), on the device of the predictions (CPU without any). The new labels win where
+        they are: each group in ``preds`` (``(group, prediction)`` pairs) gives up those objects and their area,
+        in place."""
         ann_ids = self._ids_in(ann)
         for i in ann_ids:
             if i not in all_ids:
@@ -163,6 +185,8 @@ class Propagator:
         if not ann_ids:
             return ann_ids, None
         ann_labels = encode_mask(ann, ann_ids, geometry, mode=self.preset.labels.downsample, void=self.void)
+        if preds:
+            ann_labels = ann_labels.to(preds[0][1].device)
         covered = ann_labels[1:].sum(0).clamp(0, 1)
         for g, p in preds:
             g.active -= set(ann_ids)
@@ -226,11 +250,13 @@ class Propagator:
                 preds = [(g, g.engine.predict(f)) for g in groups]
                 if ann is not None:
                     ann_ids, ann_labels = self._take_over(ann, all_ids, preds, geometry)
+                    if ann_labels is not None:
+                        ann_labels = ann_labels.to(f.device)
                     for g, p in preds:
                         g.engine.push(f, p)
                     groups = [g for g in groups if g.active]
                     if ann_ids:
-                        eng = PropagationEngine(cfg.propagation)
+                        eng = self.new_engine(cfg.propagation)
                         eng.reset(f, ann_labels)
                         groups.append(_Group(fr.index, ann_ids, eng, set(ann_ids)))
                         preds = [(g, p) for g, p in preds if g.active] + [(groups[-1], ann_labels)]
@@ -239,7 +265,8 @@ class Propagator:
                 else:
                     for g, p in preds:
                         g.engine.push(f, p)
-                probs = _merge(preds, all_ids)
+                # the one copy to the CPU: probabilities for decoding and writing (float32 in every precision)
+                probs = _merge(preds, all_ids).float().cpu()
                 scores = decode_probs(probs, geometry, cfg.labels.output_minmax)
                 if ann is not None:  # given labels are exact: their objects are nowhere else
                     ann_ids = self._ids_in(ann)
@@ -264,8 +291,8 @@ def _merge(preds: list[tuple[_Group, torch.Tensor]], all_ids: list[int]) -> torc
     if not preds:
         raise RuntimeError("no object group to merge")
     h, w = preds[0][1].shape[1:]
-    out = torch.zeros(1 + len(all_ids), h, w, dtype=preds[0][1].dtype)
-    bg = torch.ones(h, w, dtype=out.dtype)
+    out = torch.zeros(1 + len(all_ids), h, w, dtype=preds[0][1].dtype, device=preds[0][1].device)
+    bg = torch.ones(h, w, dtype=out.dtype, device=out.device)
     col = {i: c for c, i in enumerate(all_ids, start=1)}
     for g, p in preds:
         gb = p[0].clone()

@@ -1,7 +1,8 @@
 """Frames -> dense features: resize, colour conversion, normalisation, batched inference.
 
 :class:`FeatureExtractor` wraps a backbone (anything with ``forward([B,3,H,W]) -> [B,D,h,w]``
-and an integer ``stride``) and turns RGB frames into float32 CPU features. It owns the one
+and an integer ``stride``) and turns RGB frames into float32 features on the extractor's device (a GPU
+extractor's features stay on the GPU, for the engine that follows them). It owns the one
 resize rule of the package, and :meth:`FeatureExtractor.geometry` reports it as a
 :class:`~vlprop.geometry.GridGeometry`, so labels are encoded on exactly the grid the network
 produced.
@@ -17,11 +18,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprop.backbones.colorspace import convert_colorspace
+from vlprop.backbones.fusion import check_precision, fold_batchnorm
 from vlprop.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from vlprop.errors import InputError
 from vlprop.geometry import GridGeometry
 # Values of float frames may exceed [0, 1] by this much (rounding of upstream conversions).
 _RANGE_TOLERANCE = 1e-3
+
+# Frames per backbone pass when none is given, chosen by measurement (docs/RESULTS.md "End-to-end speed"): the
+# default model's backbone alone on 480p inputs, 2-core AVX-512 Xeon shared with other jobs, settings alternated in
+# one process, medians of 7 repeats: with BatchNorm folded and channels_last, batch 4 took 1.41 s/frame, batch 2
+# 1.48, batch 1 1.70 (bf16: 0.70 / 1.03 / 1.44); unfolded and contiguous, batch 4 2.11 and batch 1 3.01 (5
+# repeats). Batch 1 was never faster here, so the CPU default stays 4. On CUDA batches keep the GPU busy: 4.
+CPU_BATCH_SIZE = 4
+CUDA_BATCH_SIZE = 4
+MEMORY_FORMATS = ("contiguous", "channels_last")
+# Memory format of the model layer's extractors (measured as CPU_BATCH_SIZE: batch 4 with folded BatchNorm took
+# 2.06 s/frame contiguous, 1.41 s/frame channels_last; oneDNN runs NHWC convolutions without reorders).
+FAST_MEMORY_FORMAT = "channels_last"
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    """Frames per backbone pass when the caller gives none: :data:`CPU_BATCH_SIZE` on the CPU, else
+    :data:`CUDA_BATCH_SIZE`."""
+    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else CUDA_BATCH_SIZE
 
 
 def _round_half_up(x: float) -> int:
@@ -123,7 +143,7 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 class FeatureExtractor:
-    """Run a backbone on RGB frames and return float32 CPU features.
+    """Run a backbone on RGB frames and return float32 features on ``device``.
 
     Args:
         net: backbone with ``forward([B, 3, H, W]) -> [B, D, h, w]`` and an integer ``stride``.
@@ -135,9 +155,17 @@ class FeatureExtractor:
             with ``input_scale != 1``.
         size: resize every frame to this fixed ``(height, width)`` in pixels, aspect NOT kept (CRW JHMDB
             320x320, VIP 560x560); exclusive with ``short_side`` and ``input_scale != 1``.
-        batch_size: frames per forward pass.
+        batch_size: frames per forward pass (``None``: :func:`default_batch_size` of the device, measured: 4).
         autocast: run under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
         dtype: dtype of the network parameters and inputs (e.g. ``torch.float16`` on GPU).
+        precision: ``"fp32"`` (default: ``dtype``/``autocast`` as given) or ``"bf16"``: bfloat16 weights and
+            activations (approximate, about 2x faster on CPUs with AVX512-BF16/AMX); an
+            :class:`~vlprop.errors.InputError` where the device has no native bfloat16.
+        fold_bn: merge every BatchNorm that follows a convolution into it (exact up to float32 rounding,
+            :func:`~vlprop.backbones.fusion.fold_batchnorm`). ``net`` is rewritten in place: only for a network
+            the extractor owns (the model layer's own builds), never a network still being trained.
+        memory_format: ``"contiguous"`` or ``"channels_last"`` (NHWC activations; faster for convnets with
+            oneDNN). Features are handed out contiguous either way.
         colorspace: ``rgb`` (default), ``lab`` (MAST/LIIR) or ``lab_l`` (UVC grey); see
             :mod:`vlprop.backbones.colorspace`.
         preprocessing: a :class:`~vlprop.backbones.preprocessing.Preprocessing` (mean, std, colour
@@ -152,9 +180,10 @@ class FeatureExtractor:
 
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu",
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 input_scale: float = 1.0, short_side: int | None = None, batch_size: int = 4,
+                 input_scale: float = 1.0, short_side: int | None = None, batch_size: int | None = None,
                  autocast: bool = False, dtype: torch.dtype = torch.float32, colorspace: str = "rgb",
-                 preprocessing: Preprocessing | None = None, size: tuple[int, int] | None = None) -> None:
+                 preprocessing: Preprocessing | None = None, size: tuple[int, int] | None = None,
+                 precision: str = "fp32", fold_bn: bool = False, memory_format: str = "contiguous") -> None:
         stride = getattr(net, "stride", None)
         if not isinstance(stride, int) or stride < 1:
             raise InputError(f"the backbone must have a positive integer .stride, got {stride!r}")
@@ -172,8 +201,11 @@ class FeatureExtractor:
             if short_side is not None or input_scale != 1.0:
                 raise InputError("give one of size, short_side and input_scale, not several")
             size = (int(size[0]), int(size[1]))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if memory_format not in MEMORY_FORMATS:
+            raise InputError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
         if preprocessing is None:
             preprocessing = getattr(net, "preprocessing", None)
         if preprocessing is None:
@@ -183,13 +215,22 @@ class FeatureExtractor:
         elif not isinstance(preprocessing, Preprocessing):
             raise InputError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
         self.device = check_device(device)
+        self.precision = check_precision(precision, self.device)
+        if precision == "bf16":  # bf16 weights measured faster than bf16 autocast (no per-op casts)
+            dtype, autocast = torch.bfloat16, False
+        if fold_bn:
+            net = fold_batchnorm(net.eval(), inplace=True)
         self.net = net.to(device=self.device, dtype=dtype).eval()
+        self.memory_format = memory_format
+        if memory_format == "channels_last":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.bn_folded = int(getattr(self.net, "bn_folded", 0) or 0)
         self.stride = stride
         self.dtype = dtype
         self.input_scale = float(input_scale)
         self.short_side = short_side
         self.size = size
-        self.batch_size = batch_size
+        self.batch_size = batch_size if batch_size is not None else default_batch_size(self.device)
         self.autocast = bool(autocast)
         self.preprocessing = preprocessing
         self.colorspace = preprocessing.colorspace
@@ -243,10 +284,11 @@ class FeatureExtractor:
                               antialias=rh < h or rw < w)
         x = convert_colorspace(x, self.colorspace)
         x = (x - self._mean) / self._std
-        return x.to(self.dtype)
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.memory_format == "channels_last" else x
 
     def _run(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        """Validated ``[3, H, W]`` frames of one size -> ``[B, D, h, w]`` float32 CPU features."""
+        """Validated ``[3, H, W]`` frames of one size -> ``[B, D, h, w]`` float32 features on the device."""
         if all(f.dtype == torch.uint8 for f in frames):
             batch = torch.stack(frames).to(self.device, non_blocking=True).float().div_(255.0)
         else:
@@ -259,7 +301,8 @@ class FeatureExtractor:
                     y = self.net(x)
             else:
                 y = self.net(x)
-            y = y.float().cpu()
+            # stays on the device: the engine computes where its features are (no copy back per batch)
+            y = y.float().contiguous()
         # Inference tensors cannot be modified in place later; hand out ordinary tensors.
         return y.clone() if y.is_inference() else y
 

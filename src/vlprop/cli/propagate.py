@@ -113,10 +113,12 @@ def _write_run_records(args, out: Path, prop, src, confidence: list, n: int, sec
         "void": None if args.no_void else args.void,
         "preset": {"name": prop.preset.name, "settings": dataclasses.asdict(prop.preset)},
         "backbone": prop.backbone, "weights": spec.weights_record(),
+        "precision": spec.precision,
         "model_args": {"preset": args.preset, "backbone": args.backbone, "weights": args.weights,
                        "layer": args.layer, "stride": args.stride, "input_scale": args.input_scale,
-                       "short_side": args.short_side, "device": args.device, "seed": args.seed,
-                       "compat": args.compat, "set": dict(spec.overrides)},
+                       "short_side": args.short_side, "device": args.device,
+                       "precision": spec.precision, "seed": args.seed, "compat": args.compat,
+                       "set": dict(spec.overrides)},
         "wall_time_s": round(seconds, 3),
     }
     atomic_write_text(out / "protocol.json", json.dumps(protocol, indent=2, default=str))

@@ -478,6 +478,7 @@ def _versions() -> dict[str, str]:
 def _comparable(protocol: dict[str, Any]) -> dict[str, Any]:
     """The part of a protocol that changes predictions: no versions, weights reduced to their identity."""
     out = {k: v for k, v in protocol.items() if k not in ("versions", "scoring")}   # scoring reuses predictions
+    out.setdefault("precision", "fp32")  # runs recorded before --precision existed were fp32
     w = out.get("weights")
     if isinstance(w, dict):
         out["weights"] = {k: w[k] for k in ("kind", "seed", "sha256") if k in w}

@@ -144,6 +144,8 @@ def run_settings(spec: ModelSpec, dataset: str, mode: str, max_frames: int | Non
         "backbone": resolved.backbone,
         "weights": _weights_identity(weights if weights is not None else spec.weights_record()),
     }
+    if resolved.precision != "fp32":  # approximate predictions; fp32 runs keep their earlier hash
+        settings["precision"] = resolved.precision
     return json.loads(json.dumps(settings, default=str))  # as stored in the markers (tuples -> lists)
 
 
@@ -750,6 +752,7 @@ def _protocol(model: ModelSpec, settings: Mapping[str, Any], digest: str, weight
         "python_version": platform.python_version(),
         "host": platform.node(),
         "device": model.device,
+        "precision": model.precision,
         "dataset": {"kind": dataset, "root": str(Path(root).resolve()), "split": split, "labels": mode,
                     "max_frames": max_frames, "sequences": [s.name for s in seqs]},
         "preset": {"name": preset.name, "settings": dataclasses.asdict(preset)},

@@ -130,6 +130,8 @@ def evaluate_zero_shot(dataset: str, root: str | os.PathLike, out_dir: str | os.
         "init_weights": None if init_weights is None else str(Path(init_weights).resolve()),
         "preset": dataclasses.asdict(resolved.preset), "backbone": resolved.backbone,
         "weights": {k: weights[k] for k in ("kind", "seed", "sha256") if k in weights}}, default=str))
+    if resolved.precision != "fp32":  # approximate predictions; fp32 runs keep their earlier hash
+        settings["precision"] = resolved.precision
     digest = settings_hash(settings)
     out.mkdir(parents=True, exist_ok=True)
     computed, resumed = [], []
@@ -175,7 +177,7 @@ def evaluate_zero_shot(dataset: str, root: str | os.PathLike, out_dir: str | os.
         "first_frame_iou": {"mean": summary.get("mean"), "median": summary.get("median"),
                             "per_sequence": run.init_iou},
         "preset": resolved.preset.name, "backbone": resolved.backbone, "weights": dict(weights),
-        "settings_hash": digest, "computed": computed, "resumed": resumed,
+        "precision": resolved.precision, "settings_hash": digest, "computed": computed, "resumed": resumed,
         "sequences": {n: {k: records[n][k] for k in ("frames", "wall_time_s", "init_time_s", "init_iou")}
                       for n in run.sequences},
         "results": None if run.results is None else run.results.global_metrics(),

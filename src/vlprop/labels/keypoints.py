@@ -89,7 +89,10 @@ class DecodedKeypoints:
 
 def _as_numpy(x, dtype=np.float64) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype in (torch.bfloat16, torch.float16):  # NumPy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x, dtype=dtype)
 
 
@@ -513,7 +516,9 @@ class KeypointCodec:
             gxy = np.floor(gxy + 0.5)  # the encoder's own placement rule: centred on a cell
         heat = keypoint_heatmaps(gxy, d.visible, m.shape[-2:], self.sigma, self.kernel, self.truncate)
         out = torch.from_numpy(add_background(heat, self.background))
-        return out.to(maps.dtype if isinstance(maps, torch.Tensor) else torch.float32)
+        if isinstance(maps, torch.Tensor):  # back where the engine computes, in its dtype
+            return out.to(device=maps.device, dtype=maps.dtype)
+        return out.to(torch.float32)
 
     def _decode_kwargs(self) -> dict:
         return dict(method=self.decoder, k=self.k, window=self.window, factor=self.factor,

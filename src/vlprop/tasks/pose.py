@@ -153,12 +153,17 @@ class KeypointPropagator:
                  crop_padding: float = 0.25, crop_square: bool = True, box_padding: float = 0.15,
                  tracker: dict | None = None, vanish: float = 0.05, outside: str = "error",
                  layer: str | None = None, stride: int | None = None, input_scale: float | None = None,
-                 short_side: int | None = None, compat: bool = False, batch_size: int = 4, autocast: bool = False,
-                 extractor: Any = None, model: ModelSpec | None = None, **overrides: Any):
+                 short_side: int | None = None, compat: bool = False, batch_size: int | None = None,
+                 autocast: bool = False, extractor: Any = None, model: ModelSpec | None = None,
+                 precision: str = "fp32", **overrides: Any):
+        from ..backbones.fusion import check_precision
+
         if model is None:
             model = ModelSpec(preset=preset, backbone=backbone, weights=weights, layer=layer, stride=stride,
                               input_scale=input_scale, short_side=short_side, device=device, seed=seed,
-                              compat=compat, overrides=tuple(sorted(overrides.items())))
+                              compat=compat, overrides=tuple(sorted(overrides.items())), precision=precision)
+        self.precision = check_precision(model.precision, model.device)
+        self.engine_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         resolved = model.resolve(default_preset=DEFAULT_KEYPOINT_PRESET, keypoints=True) if extractor is None \
             else None
         if resolved is not None:
@@ -216,6 +221,7 @@ class KeypointPropagator:
             "backbone": self.backbone,
             "weights": str(self.weights),
             "seed": self.seed,
+            "precision": self.precision,
             "track": self.track,
             "vanish": self.vanish,
             "codec": {k: getattr(self.codec, k) for k in ("sigma", "kernel", "subpixel", "background", "truncate",
@@ -409,7 +415,7 @@ class KeypointPropagator:
             if fr.index == st.index:
                 yield self._first(fr, f, win, b, st, state, keep_images)
                 continue
-            labels = state["engine"].step(f)
+            labels = state["engine"].step(f).float().cpu()  # to the CPU only for decoding
             yield self._decode(fr, labels, win, b, state, keep_images)
 
     def _first(self, fr, f: torch.Tensor, win: CropWindow | None, b: Box | None, st: _Start, state: dict,
@@ -418,8 +424,8 @@ class KeypointPropagator:
         xy_enc = st.xy if win is None else win.to_crop(st.xy)
         labels = self.codec.encode(np.where(vis0[:, None], xy_enc, np.nan), vis0, state["geometry"])
         # re-quantisation of keypoint maps re-encodes the decoded keypoints (not a per-cell argmax)
-        engine = PropagationEngine(self.preset.propagation, recode=self.codec.recode)
-        engine.reset(f, labels)
+        engine = PropagationEngine(self.preset.propagation, dtype=self.engine_dtype, recode=self.codec.recode)
+        engine.reset(f, labels.to(f.device))
         state["engine"] = engine
         mass0 = self._joint_mass(labels)
         state["mass0"] = mass0

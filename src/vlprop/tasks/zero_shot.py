@@ -319,7 +319,7 @@ class AttentionSource:
         self.last_info: dict[str, Any] = {}
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        att = self.extractor.extract_batch([image])[0]
+        att = self.extractor.extract_batch([image])[0].cpu()  # a map for the CPU-side mask initialisation
         self.last_info = {"grid": list(att.shape[1:]), "heads": int(att.shape[0])}
         return att.clamp_min(0)
 
@@ -366,7 +366,7 @@ class CamSource:
         return (cams * weights[..., None, None]).sum(1, keepdim=True)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        cam = self.extractor.extract_batch([image])[0]
+        cam = self.extractor.extract_batch([image])[0].cpu()  # a map for the CPU-side mask initialisation
         idx, val = self._top
         self.last_info = {"classes": idx[0].tolist(), "probabilities": [round(float(v), 4) for v in val[0]],
                           "grid": list(cam.shape[1:])}
