@@ -369,6 +369,8 @@ def _exact_geometry(h: int, w: int, offsets_key: bytes, side: int, tile: int, de
     rel = offsets[dc[:, None, :, None], dc[None, :, None, :]] & ok[:, None, :, None] & ok[None, :, None, :]
     rel = rel.reshape(t * t, P * P)
     keep = rel.any(0)  # patch cells seen by some location of the tile
+    if not bool(keep.any()):  # an empty window (disk of radius <= 0): one cell, -inf for every location
+        keep[(P * P) // 2] = True
     cols = keep.nonzero().reshape(-1)
     M = int(cols.numel())
     cy, cx = cols // P, cols % P
