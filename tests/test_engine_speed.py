@@ -327,3 +327,32 @@ def test_onednn_backend_is_really_called(monkeypatch):
     q = torch.randn(40, 16)
     dense_topk(q, torch.randn(50, 16), 3, chunk=16)
     assert len(calls) == (3 if affinity._onednn_ok(q) else 0)
+
+
+# -------------------------------------------------------------------------------------------- two-stage top-k
+@pytest.mark.parametrize("n,k,block", [(808, 10, 8), (6420, 10, 8), (203, 5, 8), (1000, 1, 4), (97, 12, 8)])
+def test_block_topk_equals_torch_topk(n, k, block):
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(3, 50, n, generator=g, dtype=torch.float64)
+    a[0, :7] = -math.inf  # rows with no candidate
+    a[1, :5, : n - 3] = -math.inf  # rows with fewer than k candidates, all in the last partial block
+    a[2] = a[2].masked_fill(torch.rand(50, n, generator=g) < 0.9, -math.inf)  # sparse candidates
+    v, i = affinity.block_topk(a, k, block)
+    rv, ri = torch.topk(a, k, dim=-1)
+    assert torch.equal(v, rv)
+    fin = torch.isfinite(rv)
+    assert torch.equal(i[fin], ri[fin])
+    assert torch.equal(torch.gather(a, -1, i), v)  # -inf survivors point at -inf cells
+
+
+def test_block_topk_can_be_switched_off(monkeypatch):
+    calls = []
+    real = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda *a, **kw: calls.append(a[0].shape[-1]) or real(*a, **kw))
+    a = torch.randn(4, 808)
+    affinity.block_topk(a, 10)
+    assert calls == [101, 80]
+    calls.clear()
+    monkeypatch.setenv("VLPROP_TOPK", "torch")
+    affinity.block_topk(a, 10)
+    assert calls == [808]

@@ -142,6 +142,35 @@ def _reduce_stat(a: torch.Tensor, reduce: str | None, temperature: float) -> tor
     raise ValueError(f"unknown reduction {reduce!r}")
 
 
+def block_topk(a: torch.Tensor, k: int, block: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(a, k, dim=-1)`` (largest, sorted) computed in two stages, exact.
+
+    The row is cut into blocks of ``block`` columns; the ``k`` largest entries of a row lie in the ``k`` blocks
+    with the largest maxima (a block holding one of them has a maximum at least that large, and at most ``k-1``
+    entries are larger), so a top-k of the block maxima, then a top-k of those blocks' ``k * block`` entries
+    (plus the columns of a last partial block) gives the same values; only equal values may be picked at other
+    positions than ``torch.topk`` would. ``torch.topk`` on CPU costs per element of the row, so this does
+    about ``n / block + k * block`` instead of ``n``. Falls back to ``torch.topk`` where that is not smaller, and
+    everywhere with ``VLPROP_TOPK=torch`` (the previous behaviour, for benchmarks). Block ``b`` holds the columns
+    ``b, b + nb, b + 2 nb, ...`` (``nb = n // block``), so its maxima are one vectorised pass over the row.
+    """
+    n = a.shape[-1]
+    nb = n // block
+    if k <= 0 or a.device.type != "cpu" or nb <= k or nb + k * block + (n - nb * block) >= n // 2 \
+            or os.environ.get("VLPROP_TOPK", "block") == "torch":
+        return torch.topk(a, k, dim=-1)
+    lead = a.shape[:-1]
+    main = a[..., : nb * block]
+    bmax = main.unflatten(-1, (block, nb)).amax(-2)  # [..., nb]
+    bi = torch.topk(bmax, k, dim=-1).indices  # [..., k]
+    cols = (bi.unsqueeze(-1) + nb * torch.arange(block, device=a.device)).reshape(*lead, k * block)
+    if nb * block < n:
+        tail = torch.arange(nb * block, n, device=a.device).expand(*lead, n - nb * block)
+        cols = torch.cat([cols, tail], dim=-1)
+    v, j = torch.topk(torch.gather(a, -1, cols), k, dim=-1)
+    return v, torch.gather(cols, -1, j)
+
+
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
@@ -196,7 +225,7 @@ def dense_topk(
             a.masked_fill_(~mask, masked_value)
         if reduce and not reduce_before_mask:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
-        v, i = torch.topk(a, kk, dim=1)
+        v, i = block_topk(a, kk)
         values[s:e] = v
         index[s:e] = i
     return TopK(values, index, stat)
@@ -462,7 +491,7 @@ def window_topk_exact(
         a += win_bias
         if reduce:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
-        torch.topk(a, kk, dim=2, out=(values[s:e], slot[s:e]))
+        values[s:e], slot[s:e] = block_topk(a, kk)
     torch.gather(ref_index[:, None, :].expand(n_tiles, tt, M), 2, slot, out=index)
 
     def untile(x: torch.Tensor) -> torch.Tensor:
