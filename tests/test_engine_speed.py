@@ -356,3 +356,35 @@ def test_block_topk_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("VLPROP_TOPK", "torch")
     affinity.block_topk(a, 10)
     assert calls == [808]
+
+
+@pytest.mark.parametrize("window,radius,frames,k", [("disk", 12, 4, 10), ("disk", 3.5, 3, 6), ("square", 2, 5, 7),
+                                                    ("square", 4, 2, 30)])
+def test_joint_window_topk_equals_dense_top_k_over_all_frames(window, radius, frames, k):
+    """One top-k per location over several windowed frames = the dense masked top-k of their concatenation."""
+    g = torch.Generator().manual_seed(frames)
+    D, h, w = 5, 13, 18
+    q = torch.randn(D, h, w, generator=g, dtype=torch.float64)
+    keys = [torch.randn(D, h, w, generator=g, dtype=torch.float64) for _ in range(frames)]
+    geo = exact_geometry(h, w, window_offsets(window, radius), 8)
+    offsets = [(2 * f + 1) * h * w for f in range(frames)]  # frames at odd positions of a longer context
+    got = affinity.window_topk_exact_joint(query_tiles(q, geo), [extend_key(x.reshape(D, -1).t().contiguous())
+                                                                 for x in keys], geo, k, frame_offsets=offsets)
+    mask = spec_mask(h, w, window, radius)
+    a = torch.full((h * w, offsets[-1] + h * w), -math.inf, dtype=torch.float64)
+    for o, x in zip(offsets, keys):
+        a[:, o:o + h * w] = (q.reshape(D, -1).t() @ x.reshape(D, -1)).masked_fill(~mask, -math.inf)
+    v, i = torch.topk(a, k, dim=1)
+    assert torch.equal(torch.isfinite(got.values), torch.isfinite(v))
+    fin = torch.isfinite(v)
+    assert torch.allclose(got.values[fin], v[fin], atol=1e-12, rtol=0)
+    assert torch.equal(got.index[fin], i[fin])
+
+
+def test_engine_joint_top_k_equals_per_frame_top_k(monkeypatch):
+    feats, labels = _crw_video(T=7, seed=4)
+    joint = [p for _, p in propagate_features(feats, labels, preset="crw")]
+    monkeypatch.setenv("VLPROP_TOPK", "torch")  # per-frame top-k (and torch.topk)
+    per = [p for _, p in propagate_features(feats, labels, preset="crw")]
+    for a, b in zip(joint, per):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0) and torch.equal(a.argmax(0), b.argmax(0))

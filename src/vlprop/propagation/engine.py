@@ -43,6 +43,7 @@ from .affinity import (
     window_offsets,
     window_topk,
     window_topk_exact,
+    window_topk_exact_joint,
 )
 
 WINDOW_KERNELS = ("auto", "exact", "patch")
@@ -280,6 +281,31 @@ class PropagationEngine:
             entry.padded = pad_channels_last(entry.flat.t().reshape(D, h, w), geo)
         return window_topk(qt, entry.padded, geo, k, reduce=reduce, temperature=cfg.temperature)
 
+    def _joint_windowed(self, q: torch.Tensor, qt: torch.Tensor | None, entries: list[_Entry], k: int,
+                        reduce: str | None) -> tuple[set, TopK | None]:
+        """``overall`` aggregation without a statistic: the windowed frames' survivors in one joint top-k per
+        location (:func:`~vlprop.propagation.affinity.window_topk_exact_joint`; exact, and one top-k per location
+        instead of one per location and frame). Returns the positions in ``entries`` it covers and its result;
+        ``(set(), None)`` where it does not apply (``patch`` kernel, a statistic, fewer than two windowed
+        frames, ``VLPROP_TOPK=torch``, a non-CPU device, where ``torch.topk`` has no per-row overhead to save)."""
+        cfg = self.cfg
+        if self.window_kernel != "exact" or reduce is not None or k <= 0 or qt is None or q.device.type != "cpu" \
+                or cfg.norm_stage == "before-restriction" or cfg.compat_mask_before_exp \
+                or os.environ.get("VLPROP_TOPK", "block") == "torch":
+            return set(), None
+        pos = [i for i, e in enumerate(entries) if e.restricted and self._offsets is not None]
+        D, h, w = q.shape
+        geo = exact_geometry(h, w, self._offsets, self.tile, q.device)
+        if len(pos) < 2 or (geo.M // 8) * len(pos) <= k:
+            return set(), None
+        for i in pos:
+            if entries[i].padded is None:
+                entries[i].padded = extend_key(entries[i].flat)
+        self._workspace = None
+        tk = window_topk_exact_joint(qt, [entries[i].padded for i in pos], geo, k,
+                                     frame_offsets=[i * h * w for i in pos], workspace=self._window_ws)
+        return set(pos), tk
+
     def _tiles(self, q: torch.Tensor) -> torch.Tensor:
         """The target frame cut into the window kernel's tiles."""
         D, h, w = q.shape
@@ -351,9 +377,14 @@ class PropagationEngine:
             out /= len(entries)
             return self._finish(out, h, w)
         # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
-        per = [self._frame_topk(q, qt, e, k, reduce) for e in entries]
+        joint = self._joint_windowed(q, qt, entries, k, reduce)
+        per = [self._frame_topk(q, qt, e, k, reduce) for i, e in enumerate(entries) if i not in joint[0]]
+        offsets = [i * hw for i in range(len(entries)) if i not in joint[0]]
+        if joint[1] is not None:
+            per.append(joint[1])
+            offsets.append(0)  # its index already counts the frames' positions
         values = torch.cat([p.values for p in per], dim=1)
-        index = torch.cat([p.index + i * hw for i, p in enumerate(per)], dim=1)
+        index = torch.cat([p.index + o for o, p in zip(offsets, per)], dim=1)
         stat = None
         if reduce == "lse":
             stat = torch.logsumexp(torch.stack([p.stat for p in per], 1), dim=1)
