@@ -15,7 +15,9 @@ without ever materialising it:
   index, a few tiles at a time so that the affinity block stays in cache, with reused buffers. The engine's
   default (``window_kernel="exact"``).
 
-Top-k: :func:`block_topk` (exact, two stages) replaces ``torch.topk`` on the CPU. GEMMs of the dense kernel go
+:func:`window_topk_exact_joint` matches several windowed frames and keeps one joint top-k per location (the
+engine's ``overall`` aggregation on the CPU, fp32/fp64). Top-k: :func:`block_topk` (exact, two stages) replaces
+``torch.topk`` on the CPU. GEMMs of the dense kernel go
 through :func:`gemm` (MKL or oneDNN, see ``VLPROP_GEMM``).
 
 Both return raw affinities (dot products) of the survivors, their flat indices in the context frame, and

@@ -287,9 +287,11 @@ class PropagationEngine:
         location (:func:`~vlprop.propagation.affinity.window_topk_exact_joint`; exact, and one top-k per location
         instead of one per location and frame). Returns the positions in ``entries`` it covers and its result;
         ``(set(), None)`` where it does not apply (``patch`` kernel, a statistic, fewer than two windowed
-        frames, ``VLPROP_TOPK=torch``, a non-CPU device, where ``torch.topk`` has no per-row overhead to save)."""
+        frames, ``VLPROP_TOPK=torch``, a non-CPU device, where ``torch.topk`` has no per-row overhead to save,
+        bf16/fp16: its one small GEMM per tile and frame was slower there than the per-frame kernel's batches)."""
         cfg = self.cfg
         if self.window_kernel != "exact" or reduce is not None or k <= 0 or qt is None or q.device.type != "cpu" \
+                or self.dtype in LOW_PRECISION \
                 or cfg.norm_stage == "before-restriction" or cfg.compat_mask_before_exp \
                 or os.environ.get("VLPROP_TOPK", "block") == "torch":
             return set(), None
