@@ -15,8 +15,9 @@ median seconds per frame and the ratio to the old engine (``patch`` kernel, MKL)
   ``torch.topk`` (``VLPROP_TOPK=torch``), MKL GEMMs (``VLPROP_GEMM=mkl``);
 * ``exact-torchtopk``: :func:`~vlprop.propagation.affinity.window_topk_exact` (only the cells some location of
   the tile can see, tiles in cache-sized groups), still ``torch.topk`` and MKL;
-* ``exact``: the new default: exact kernel, two-stage top-k (:func:`~vlprop.propagation.affinity.block_topk`),
-  GEMM backend measured (``VLPROP_GEMM=auto``);
+* ``exact``: the new default: exact kernel, one joint top-k per location over the windowed frames
+  (:func:`~vlprop.propagation.affinity.window_topk_exact_joint`), two-stage top-k
+  (:func:`~vlprop.propagation.affinity.block_topk`), GEMM backend measured (``VLPROP_GEMM=auto``);
 * ``exact-onednn``: the same with the dense first-frame GEMM forced to oneDNN;
 * ``exact-bf16``: ``dtype=torch.bfloat16`` (affinity GEMMs in bf16 -- AMX where the CPU has it; labels and
   softmax in fp32): approximate, so its agreement with the fp32 engine is printed too.

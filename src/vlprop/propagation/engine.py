@@ -91,6 +91,10 @@ class PropagationEngine:
     some location's window contains (:func:`~vlprop.propagation.affinity.window_topk_exact`), ``"patch"`` the
     previous kernel (the whole square patch around each tile, :func:`~vlprop.propagation.affinity.window_topk`);
     both are exact and agree to fp32 rounding. ``"auto"`` (the default, or ``$VLPROP_WINDOW_KERNEL``) = exact.
+    With ``exact``, ``overall`` aggregation and top-k normalisation in fp32/fp64 on the CPU, the windowed frames
+    share one joint top-k per location (:meth:`_joint_windowed`); ``VLPROP_TOPK=torch`` turns that and the
+    two-stage top-k off (the previous behaviour, for benchmarks). Dense GEMMs: ``VLPROP_GEMM``
+    (:func:`~vlprop.propagation.affinity.gemm`).
     ``recode``: with ``requantize``, the function that turns a predicted ``[C,h,w]`` map into the hard labels
     remembered as context (default: one-hot of the per-location argmax, right for masks; keypoint heat maps
     re-encode their decoded keypoints, Waldmann's ``recreate_labels``, see
