@@ -12,6 +12,9 @@ For one target frame against one context frame on a DAVIS-480p grid (60x107, D=2
 * the patch GEMMs alone (``bmm`` of the query tiles against the patches),
 * ``topk`` alone on a tensor of the same shape as the affinities,
 
+* ``window_topk_exact`` (the engine's default ``"exact"`` kernel: each tile matched only against the M cells
+  that some location's window contains, gathered by index; timed alternately with ``window_topk``),
+
 and prints the GEMM FLOPs of the tiling, the GEMM rate reached, the peak rate of a large square-ish fp32
 GEMM in the same process, and for a whole target frame (the unrestricted first frame matched densely, as in
 crw/dul/mckee, plus ``--context`` windowed frames) the measured time and the GEMM-at-peak lower bound.
@@ -24,8 +27,8 @@ import time
 import torch
 
 from vlprop.propagation.affinity import (
-    band_patches, dense_topk, l2_normalize, pad_channels_last, query_tiles, window_geometry, window_offsets,
-    window_topk,
+    WindowWorkspace, band_patches, dense_topk, exact_geometry, extend_key, l2_normalize, pad_channels_last,
+    query_tiles, window_geometry, window_offsets, window_topk, window_topk_exact,
 )
 
 
@@ -75,8 +78,9 @@ def main(argv=None) -> None:
         print(f"# dense first frame: {dense_s * 1e3:.0f} ms, {dense_flops / 1e9:.3g} GFLOP "
               f"({dense_flops / dense_s / 1e9:.0f} GFLOP/s); included in the per-frame columns")
     print("| tile | patch | GFLOP/ctx frame | window_topk ms | patch copy ms | GEMM ms | GEMM GFLOP/s | top-k ms | "
-          f"frame total s (1 dense + {args.context} windowed) | GEMM-at-peak bound s/frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"frame total s (1 dense + {args.context} windowed) | GEMM-at-peak bound s/frame | exact: cells/tile | "
+          "exact GFLOP/ctx frame | exact ms | patch/exact time |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tile in args.tiles:
         geo = window_geometry(h, w, offsets, tile)
         P, nty, ntx = geo.patch, geo.nty, geo.ntx
@@ -100,13 +104,29 @@ def main(argv=None) -> None:
                 torch.topk(scores, min(args.topk, P * P), dim=2)
 
         full = timed(lambda: window_topk(qt, kp, geo, args.topk), args.repeats)
+        eg = exact_geometry(h, w, offsets, tile)
+        ke = extend_key(key.reshape(D, h * w).t().contiguous())
+        ws = WindowWorkspace()
+        pair = {"patch": lambda: window_topk(qt, kp, geo, args.topk),
+                "exact": lambda: window_topk_exact(qt, ke, eg, args.topk, workspace=ws)}
+        alt = {"patch": [], "exact": []}
+        for fn in pair.values():
+            fn()
+        for _ in range(args.repeats):  # alternately: other load on the machine hits both alike
+            for name, fn in pair.items():
+                t0 = time.perf_counter()
+                fn()
+                alt[name].append(time.perf_counter() - t0)
+        med = {name: sorted(v)[len(v) // 2] for name, v in alt.items()}
+        exact_flops = 2 * nty * ntx * tile * tile * eg.M * D
         t_copy = timed(copy_only, args.repeats)
         t_gemm = timed(gemm_only, args.repeats)
         t_topk = timed(topk_only, args.repeats)
         flops = 2 * nty * ntx * tile * tile * P * P * D
         print(f"| {tile} | {P}x{P} | {flops / 1e9:.3g} | {full * 1e3:.1f} | {t_copy * 1e3:.1f} | {t_gemm * 1e3:.1f} | "
               f"{flops / t_gemm / 1e9:.0f} | {t_topk * 1e3:.1f} | {dense_s + full * args.context:.2f} | "
-              f"{(dense_flops + args.context * flops) / (peak * 1e9):.2f} |")
+              f"{(dense_flops + args.context * flops) / (peak * 1e9):.2f} | {eg.M} | {exact_flops / 1e9:.3g} | "
+              f"{med['exact'] * 1e3:.1f} | {med['patch'] / med['exact']:.2f} |")
 
 
 if __name__ == "__main__":

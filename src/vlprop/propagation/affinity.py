@@ -8,7 +8,17 @@ without ever materialising it:
 * :func:`window_topk` -- spatially restricted frames: the target grid is cut into ``t x t`` tiles; each tile
   is matched by one GEMM against the ``(t+2R) x (t+2R)`` patch of the context frame that holds every window
   of its locations, and an additive bias (0 / -inf) keeps exactly the candidates of each location's window
-  inside the frame. Memory ``O(HW * (t+2R)^2 / t^2)`` per band of tiles, i.e. linear in ``HW``.
+  inside the frame. Memory ``O(HW * (t+2R)^2 / t^2)`` per band of tiles, i.e. linear in ``HW``. The engine's
+  ``window_kernel="patch"``.
+* :func:`window_topk_exact` -- the same result, but each tile is matched only against the cells that the window
+  of at least one of its locations contains (808 instead of 900 for the crw disk at ``t = 8``), gathered by
+  index, a few tiles at a time so that the affinity block stays in cache, with reused buffers. The engine's
+  default (``window_kernel="exact"``).
+
+:func:`window_topk_exact_joint` matches several windowed frames and keeps one joint top-k per location (the
+engine's ``overall`` aggregation on the CPU, fp32/fp64). Top-k: :func:`block_topk` (exact, two stages) replaces
+``torch.topk`` on the CPU. GEMMs of the dense kernel go
+through :func:`gemm` (MKL or oneDNN, see ``VLPROP_GEMM``).
 
 Both return raw affinities (dot products) of the survivors, their flat indices in the context frame, and
 optionally a per-target statistic of the whole candidate set (log-sum-exp of ``a / T`` or the plain sum),
@@ -17,7 +27,8 @@ which normalisers that are not restricted to the k survivors need.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -65,15 +76,113 @@ def window_mask_dense(h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
     return allowed
 
 
+# ---------------------------------------------------------------------------------------------- GEMM backends
+# fp32 affinity GEMMs on the CPU can run through MKL (torch.mm) or oneDNN (torch.ops.mkldnn._linear_pointwise,
+# which oneDNN's verbose log confirms is a oneDNN matmul in torch 2.x; torch.mm of fp32 goes to MKL sgemm).
+# Which is faster depends on the CPU and the shape, so by default (VLPROP_GEMM=auto) the first GEMM of each
+# shape in a process times both, alternately, and the faster one is kept for that shape (cached). VLPROP_GEMM=mkl
+# or =onednn forces one. Both are exact fp32 GEMMs: results agree to fp32 rounding (summation order).
+_GEMM_CHOICE: dict = {}
+
+
+def gemm_setting() -> str:
+    """``VLPROP_GEMM`` (``auto`` | ``mkl`` | ``onednn``), read at every call so tests and benchmarks can switch it."""
+    v = os.environ.get("VLPROP_GEMM", "auto").strip().lower() or "auto"
+    if v not in ("auto", "mkl", "onednn"):
+        raise ValueError(f"VLPROP_GEMM must be auto, mkl or onednn, not {v!r}")
+    return v
+
+
+def _onednn_ok(a: torch.Tensor) -> bool:
+    return a.device.type == "cpu" and a.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _mm_onednn(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    r = torch.ops.mkldnn._linear_pointwise(a.contiguous(), b_t.t().contiguous(), None, "none", [], "")
+    if out is None:
+        return r
+    return out.copy_(r)
+
+
+def _mm_mkl(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return torch.mm(a, b_t) if out is None else torch.mm(a, b_t, out=out)
+
+
+def _pick_backend(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None, repeats: int = 3) -> str:
+    import time
+    times = {"mkl": [], "onednn": []}
+    fns = {"mkl": _mm_mkl, "onednn": _mm_onednn}
+    for name, fn in fns.items():  # warm-up (oneDNN builds its primitive on the first call)
+        fn(a, b_t, out)
+    for _ in range(repeats):  # alternate, so background load hits both alike
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(a, b_t, out)
+            times[name].append(time.perf_counter() - t0)
+    med = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+    return min(med, key=med.get)
+
+
+def gemm(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a [n, D] @ b_t [D, m]`` (``b_t`` usually the transpose of a contiguous ``[m, D]`` key) through the
+    backend of :func:`gemm_setting`; other devices and dtypes always use ``torch.mm``."""
+    setting = gemm_setting()
+    if setting == "mkl" or not _onednn_ok(a):
+        return _mm_mkl(a, b_t, out)
+    if setting == "onednn":
+        return _mm_onednn(a, b_t, out)
+    key = (tuple(a.shape), tuple(b_t.shape), a.dtype, torch.get_num_threads())
+    choice = _GEMM_CHOICE.get(key)
+    if choice is None:
+        choice = _GEMM_CHOICE[key] = _pick_backend(a, b_t, out)
+    return (_mm_onednn if choice == "onednn" else _mm_mkl)(a, b_t, out)
+
+
 def _reduce_stat(a: torch.Tensor, reduce: str | None, temperature: float) -> torch.Tensor | None:
     """Per-row statistic over the last dim, ignoring -inf entries."""
     if reduce is None:
         return None
+    if a.dtype in (torch.bfloat16, torch.float16):  # statistics of low-precision affinities in fp32
+        a = a.float()
     if reduce == "lse":
         return torch.logsumexp(a / temperature, dim=-1)
     if reduce == "sum":
         return torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype)).sum(-1)
     raise ValueError(f"unknown reduction {reduce!r}")
+
+
+def block_topk(a: torch.Tensor, k: int, block: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(a, k, dim=-1)`` (largest, sorted) computed in two stages, exact.
+
+    The row is cut into blocks of ``block`` columns; the ``k`` largest entries of a row lie in the ``k`` blocks
+    with the largest maxima (a block holding one of them has a maximum at least that large, and at most ``k-1``
+    entries are larger), so a top-k of the block maxima, then a top-k of those blocks' ``k * block`` entries
+    (plus the columns of a last partial block) gives the same values; only equal values may be picked at other
+    positions than ``torch.topk`` would. ``torch.topk`` on CPU costs per element of the row, so this does
+    about ``n / block + k * block`` instead of ``n``. Falls back to ``torch.topk`` where that is not smaller, and
+    everywhere with ``VLPROP_TOPK=torch`` (the previous behaviour, for benchmarks). Block ``b`` holds the columns
+    ``b, b + nb, b + 2 nb, ...`` (``nb = n // block``), so its maxima are one vectorised pass over the row.
+    """
+    n = a.shape[-1]
+    nb = n // block
+    if k <= 0 or a.device.type != "cpu" or nb <= k or nb + k * block + (n - nb * block) >= n // 2 \
+            or os.environ.get("VLPROP_TOPK", "block") == "torch":
+        return torch.topk(a, k, dim=-1)
+    lead = a.shape[:-1]
+    main = a[..., : nb * block]
+    bmax = main.unflatten(-1, (block, nb)).amax(-2)  # [..., nb]
+    bi = torch.topk(bmax, k, dim=-1).indices  # [..., k]
+    cols = (bi.unsqueeze(-1) + nb * torch.arange(block, device=a.device)).reshape(*lead, k * block)
+    if nb * block < n:
+        tail = torch.arange(nb * block, n, device=a.device).expand(*lead, n - nb * block)
+        cols = torch.cat([cols, tail], dim=-1)
+    v, j = torch.topk(torch.gather(a, -1, cols), k, dim=-1)
+    return v, torch.gather(cols, -1, j)
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def dense_workspace(workspace: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
@@ -111,14 +220,14 @@ def dense_topk(
     """
     n, m = query.shape[0], key.shape[0]
     kk = m if k <= 0 else min(k, m)
-    values = torch.empty(n, kk, dtype=query.dtype)
-    index = torch.empty(n, kk, dtype=torch.long)
-    stat = torch.empty(n, dtype=query.dtype) if reduce else None
+    values = torch.empty(n, kk, dtype=query.dtype, device=query.device)
+    index = torch.empty(n, kk, dtype=torch.long, device=query.device)
+    stat = torch.empty(n, dtype=_stat_dtype(query.dtype), device=query.device) if reduce else None
     key_t = key.t()
     workspace = dense_workspace(workspace, query, key, chunk)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        a = torch.mm(query[s:e], key_t, out=workspace[: (e - s) * m].view(e - s, m))
+        a = gemm(query[s:e], key_t, out=workspace[: (e - s) * m].view(e - s, m))
         if reduce and reduce_before_mask:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
         if allowed is not None:
@@ -126,7 +235,7 @@ def dense_topk(
             a.masked_fill_(~mask, masked_value)
         if reduce and not reduce_before_mask:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
-        v, i = torch.topk(a, kk, dim=1)
+        v, i = block_topk(a, kk)
         values[s:e] = v
         index[s:e] = i
     return TopK(values, index, stat)
@@ -181,8 +290,19 @@ def _window_geometry(h: int, w: int, offsets_key: bytes, side: int, tile: int) -
     return WindowGeometry(h, w, R, tile, nty, ntx, bias, ref_index.reshape(nty, ntx, P * P))
 
 
-def window_geometry(h: int, w: int, offsets: torch.Tensor, tile: int = 8) -> WindowGeometry:
-    return _window_geometry(h, w, offsets.contiguous().numpy().tobytes(), int(offsets.shape[0]), tile)
+@lru_cache(maxsize=16)
+def _window_geometry_on(h: int, w: int, offsets_key: bytes, side: int, tile: int, device: str) -> WindowGeometry:
+    geo = _window_geometry(h, w, offsets_key, side, tile)
+    if device == "cpu":
+        return geo
+    return replace(geo, bias=geo.bias.to(device), ref_index=geo.ref_index.to(device))
+
+
+def window_geometry(h: int, w: int, offsets: torch.Tensor, tile: int = 8,
+                    device: torch.device | str = "cpu") -> WindowGeometry:
+    """Tiling of the ``"patch"`` kernel, its tensors on ``device`` (cached per shape and device)."""
+    return _window_geometry_on(h, w, offsets.contiguous().cpu().numpy().tobytes(), int(offsets.shape[0]), tile,
+                               str(torch.device(device)))
 
 
 def pad_channels_last(features: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
@@ -199,7 +319,7 @@ def query_tiles(features: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
     D, h, w = features.shape
     t = geo.tile
     q = features.new_zeros(geo.nty * t, geo.ntx * t, D)
-    q[:h, :w] = features.permute(1, 2, 0)
+    q[:h, :w] = features.permute(1, 2, 0)  # (geo: a WindowGeometry or an ExactGeometry)
     return q.view(geo.nty, t, geo.ntx, t, D).permute(0, 2, 1, 3, 4).reshape(geo.nty, geo.ntx, t * t, D)
 
 
@@ -229,8 +349,8 @@ def window_topk(
     nty, ntx = geo.nty, geo.ntx
     kk = P * P if k <= 0 else min(k, P * P)
     values = qtiles.new_empty(nty, ntx, t * t, kk)
-    index = torch.empty(nty, ntx, t * t, kk, dtype=torch.long)
-    stat = qtiles.new_empty(nty, ntx, t * t) if reduce else None
+    index = torch.empty(nty, ntx, t * t, kk, dtype=torch.long, device=qtiles.device)
+    stat = torch.empty(nty, ntx, t * t, dtype=_stat_dtype(qtiles.dtype), device=qtiles.device) if reduce else None
     bias = geo.bias.to(qtiles.dtype)
     for by in range(nty):
         a = torch.bmm(qtiles[by], band_patches(key_padded, geo, by).transpose(1, 2))  # [ntx, t*t, P*P]
@@ -247,6 +367,226 @@ def window_topk(
         return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
 
     return TopK(untile(values), untile(index), untile(stat) if stat is not None else None)
+
+
+# ------------------------------------------------------------------------------------ exact-work window kernel
+@dataclass
+class ExactGeometry:
+    """Tiling of the ``"exact"`` window kernel for an ``h x w`` grid and one window (cached per shape, device).
+
+    Each ``t x t`` tile of targets is matched only against the ``M`` context cells that the window of at least
+    one of its locations contains (the Minkowski sum of the tile and the window; for the crw disk r<12 at
+    ``t = 8``: 808 cells instead of the patch kernel's 30 x 30 = 900), gathered from the flat context features
+    by index. Cells outside the frame index a zero row appended to the features and get ``-inf`` from
+    ``cell_bias``; cells outside a target's own window get ``-inf`` from ``win_bias`` (the same for every tile).
+    """
+
+    h: int
+    w: int
+    tile: int
+    nty: int
+    ntx: int
+    M: int
+    cells: torch.Tensor      # [nty, ntx * M] int64 row of each tile cell in the extended key (h*w = zero row)
+    ref_index: torch.Tensor  # [nty, ntx, M] int64 flat index in the frame (0 outside)
+    cell_bias: torch.Tensor  # [nty, ntx, 1, M] float 0 / -inf (outside the frame)
+    win_bias: torch.Tensor   # [t*t, M] float 0 / -inf (outside the target's window)
+
+
+@lru_cache(maxsize=16)
+def _exact_geometry(h: int, w: int, offsets_key: bytes, side: int, tile: int, device: str) -> ExactGeometry:
+    offsets = torch.frombuffer(bytearray(offsets_key), dtype=torch.bool).reshape(side, side)
+    R = (side - 1) // 2
+    t = tile
+    P = t + 2 * R
+    nty, ntx = -(-h // t), -(-w // t)
+    a = torch.arange(t)
+    c = torch.arange(P)
+    d = c[None, :] - a[:, None]  # [t, P] = offset + R
+    ok = (d >= 0) & (d <= 2 * R)
+    dc = d.clamp(0, 2 * R)
+    rel = offsets[dc[:, None, :, None], dc[None, :, None, :]] & ok[:, None, :, None] & ok[None, :, None, :]
+    rel = rel.reshape(t * t, P * P)
+    keep = rel.any(0)  # patch cells seen by some location of the tile
+    if not bool(keep.any()):  # an empty window (disk of radius <= 0): one cell, -inf for every location
+        keep[(P * P) // 2] = True
+    cols = keep.nonzero().reshape(-1)
+    M = int(cols.numel())
+    cy, cx = cols // P, cols % P
+    py = (torch.arange(nty) * t)[:, None] + cy[None, :] - R  # [nty, M]
+    px = (torch.arange(ntx) * t)[:, None] + cx[None, :] - R  # [ntx, M]
+    valid = ((py >= 0) & (py < h))[:, None, :] & ((px >= 0) & (px < w))[None, :, :]  # [nty, ntx, M]
+    flat = py.clamp(0, h - 1)[:, None, :] * w + px.clamp(0, w - 1)[None, :, :]
+    ref_index = torch.where(valid, flat, torch.zeros((), dtype=flat.dtype))
+    cells = torch.where(valid, flat, torch.full((), h * w, dtype=flat.dtype)).reshape(nty, ntx * M)
+    cell_bias = torch.zeros(nty, ntx, 1, M).masked_fill_(~valid[:, :, None, :], NEG_INF)
+    win_bias = torch.zeros(t * t, M).masked_fill_(~rel[:, cols], NEG_INF)
+    return ExactGeometry(h, w, t, nty, ntx, M, cells.to(device), ref_index.to(device), cell_bias.to(device),
+                         win_bias.to(device))
+
+
+def exact_geometry(h: int, w: int, offsets: torch.Tensor, tile: int = 8,
+                   device: torch.device | str = "cpu") -> ExactGeometry:
+    return _exact_geometry(h, w, offsets.contiguous().cpu().numpy().tobytes(), int(offsets.shape[0]), tile,
+                           str(torch.device(device)))
+
+
+def extend_key(flat: torch.Tensor) -> torch.Tensor:
+    """Context features ``[hw, D]`` -> ``[hw + 1, D]`` with a zero row (the target of out-of-frame cells)."""
+    return torch.cat([flat, flat.new_zeros(1, flat.shape[1])])
+
+
+@dataclass
+class WindowWorkspace:
+    """Buffers of :func:`window_topk_exact`, kept by the engine across context frames and target frames (a
+    fresh band buffer of tens of MiB would be zero-filled and faulted in by the kernel at every match)."""
+
+    keys: torch.Tensor | None = None    # [ntx * M, D] gathered context cells of one band of tiles
+    scores: torch.Tensor | None = None  # [ntx, t*t, M] affinities of one band
+
+    def get(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+        buf = getattr(self, name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = like.new_empty(numel)
+            setattr(self, name, buf)
+        return buf[:numel]
+
+
+def window_topk_exact(
+    qtiles: torch.Tensor,
+    key_ext: torch.Tensor,
+    geo: ExactGeometry,
+    k: int,
+    reduce: str | None = None,
+    temperature: float = 1.0,
+    workspace: WindowWorkspace | None = None,
+    group: int | None = None,
+) -> TopK:
+    """Exact windowed top-k like :func:`window_topk`, computing only the cells some location of each tile can
+    see (see :class:`ExactGeometry`).
+
+    qtiles: ``[nty, ntx, t*t, D]`` from :func:`query_tiles`; key_ext: ``[h*w + 1, D]`` from :func:`extend_key`.
+    Tiles are matched ``group`` at a time (default: as many as keep the affinity block near 1 MiB), so that the
+    bias, the top-k and the next GEMM find the block still in cache; every buffer is reused (``workspace``).
+    Returns values/index ``[h*w, min(k, M)]`` in row-major target order (``-inf`` values, with some in-frame
+    index, where a location has fewer candidates than that).
+    """
+    t, M = geo.tile, geo.M
+    nty, ntx = geo.nty, geo.ntx
+    n_tiles = nty * ntx
+    tt = t * t
+    D = key_ext.shape[1]
+    kk = M if k <= 0 else min(k, M)
+    dev = qtiles.device
+    if group is None:
+        group = max(1, min(n_tiles, (1 << 18) // (tt * M)))
+    q = qtiles.reshape(n_tiles, tt, D)
+    cells = geo.cells.view(n_tiles, M)
+    ref_index = geo.ref_index.view(n_tiles, M)
+    cell_bias = geo.cell_bias.view(n_tiles, 1, M).to(qtiles.dtype)
+    win_bias = geo.win_bias.to(qtiles.dtype)
+    values = qtiles.new_empty(n_tiles, tt, kk)
+    index = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
+    slot = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
+    stat = torch.empty(n_tiles, tt, dtype=_stat_dtype(qtiles.dtype), device=dev) if reduce else None
+    ws = workspace if workspace is not None else WindowWorkspace()
+    keys_buf = ws.get("keys", group * M * D, key_ext)
+    scores_buf = ws.get("scores", group * tt * M, qtiles)
+    for s in range(0, n_tiles, group):
+        e = min(n_tiles, s + group)
+        g = e - s
+        keys = torch.index_select(key_ext, 0, cells[s:e].reshape(-1), out=keys_buf[: g * M * D].view(g * M, D))
+        a = torch.baddbmm(cell_bias[s:e], q[s:e], keys.view(g, M, D).transpose(1, 2),
+                          out=scores_buf[: g * tt * M].view(g, tt, M))
+        a += win_bias
+        if reduce:
+            stat[s:e] = _reduce_stat(a, reduce, temperature)
+        values[s:e], slot[s:e] = block_topk(a, kk)
+    torch.gather(ref_index[:, None, :].expand(n_tiles, tt, M), 2, slot, out=index)
+
+    def untile(x: torch.Tensor) -> torch.Tensor:
+        tail = x.shape[2:]
+        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
+        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
+
+    return TopK(untile(values), untile(index), untile(stat) if stat is not None else None)
+
+def window_topk_exact_joint(
+    qtiles: torch.Tensor,
+    key_exts: list[torch.Tensor],
+    geo: ExactGeometry,
+    k: int,
+    frame_offsets: list[int] | None = None,
+    workspace: WindowWorkspace | None = None,
+    block: int = 8,
+) -> TopK:
+    """The ``k`` best candidates of every target location over several windowed context frames at once:
+    the same survivors as :func:`window_topk_exact` per frame followed by a top-k of their union (exact), but
+    with one two-stage top-k per location instead of one per location and frame (``torch.topk`` on the CPU
+    costs about a microsecond per row whatever its length, more than the rest of a windowed match).
+
+    For each tile, the affinities with every frame's ``M`` cells go into one ``[F, t*t, M]`` block; within each
+    frame, block ``b`` of a row holds the columns ``b, b + nb, ...`` (``nb = M // block``); the ``k`` blocks
+    with the largest maxima over all frames hold the ``k`` best entries (see :func:`block_topk`), so a top-k
+    of the ``F * nb`` block maxima, then of those blocks' entries (plus every frame's columns of a last
+    partial block) gives them. ``index`` is ``frame_offsets[f] + cell`` (default ``f * h * w``).
+    Returns values/index ``[h*w, k]`` in row-major target order.
+    """
+    F = len(key_exts)
+    t, M = geo.tile, geo.M
+    nty, ntx = geo.nty, geo.ntx
+    n_tiles = nty * ntx
+    tt = t * t
+    D = key_exts[0].shape[1]
+    hw = geo.h * geo.w
+    nb = M // block
+    kk = min(k, F * M)
+    if k <= 0 or nb * F <= kk:
+        raise ValueError("window_topk_exact_joint needs 0 < k < frames * (cells // block)")
+    dev = qtiles.device
+    offs = torch.tensor(frame_offsets if frame_offsets is not None else [f * hw for f in range(F)],
+                        dtype=torch.long, device=dev)
+    q = qtiles.reshape(n_tiles, tt, D)
+    cells = geo.cells.view(n_tiles, M)
+    ref_index = geo.ref_index.view(n_tiles, M)
+    cell_bias = geo.cell_bias.view(n_tiles, 1, M).to(qtiles.dtype)
+    win_bias = geo.win_bias.to(qtiles.dtype)
+    values = qtiles.new_empty(n_tiles, tt, kk)
+    index = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
+    ws = workspace if workspace is not None else WindowWorkspace()
+    keys_buf = ws.get("keys", M * D, key_exts[0]).view(M, D)
+    scores = ws.get("scores", F * tt * M, qtiles).view(F, tt, M)
+    # candidate columns of a row, as flat positions in `scores`: k blocks, then every frame's tail columns
+    lane = torch.arange(block, device=dev) * nb  # [block]
+    tail_cols = torch.arange(nb * block, M, device=dev)
+    tails = (torch.arange(F, device=dev)[:, None] * (tt * M) + tail_cols[None, :]).reshape(-1)  # [F * tail]
+    row_base = torch.arange(tt, device=dev)[:, None] * M  # [tt, 1]
+    for i in range(n_tiles):
+        for f, key_ext in enumerate(key_exts):
+            keys = torch.index_select(key_ext, 0, cells[i], out=keys_buf)
+            torch.baddbmm(cell_bias[i], q[i:i + 1], keys.t()[None], out=scores[f:f + 1])
+        scores += win_bias
+        bmax = scores[:, :, : nb * block].unflatten(-1, (block, nb)).amax(-2)  # [F, tt, nb]
+        bmax = bmax.permute(1, 0, 2).reshape(tt, F * nb)
+        bi = torch.topk(bmax, kk, dim=1).indices  # [tt, kk]: frame = bi // nb, block = bi % nb
+        start = (bi // nb) * (tt * M) + bi % nb  # flat position of the block's first column, minus the row
+        cand = (start[:, :, None] + lane).reshape(tt, kk * block)
+        if tails.numel():
+            cand = torch.cat([cand, tails.expand(tt, -1)], dim=1)
+        cand = cand + row_base  # [tt, n_cand] flat positions in scores
+        v, j = torch.topk(scores.view(-1)[cand], kk, dim=1)
+        pos = torch.gather(cand, 1, j)  # flat positions of the survivors
+        frame = torch.div(pos, tt * M, rounding_mode="floor")
+        col = pos % M
+        values[i] = v
+        index[i] = ref_index[i][col] + offs[frame]
+
+    def untile(x: torch.Tensor) -> torch.Tensor:
+        tail = x.shape[2:]
+        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
+        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
+
+    return TopK(untile(values), untile(index), None)
 
 
 def l2_normalize(features: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -9,6 +9,7 @@ and normalisation (tests check this against a naive implementation written from 
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -29,8 +30,11 @@ from .localization import (
 )
 from .affinity import (
     TopK,
+    WindowWorkspace,
     dense_topk,
     dense_workspace,
+    exact_geometry,
+    extend_key,
     l2_normalize,
     pad_channels_last,
     query_tiles,
@@ -38,7 +42,20 @@ from .affinity import (
     window_mask_dense,
     window_offsets,
     window_topk,
+    window_topk_exact,
+    window_topk_exact_joint,
 )
+
+WINDOW_KERNELS = ("auto", "exact", "patch")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def default_window_kernel() -> str:
+    """``VLPROP_WINDOW_KERNEL`` (``auto`` | ``exact`` | ``patch``), default ``auto``."""
+    v = os.environ.get("VLPROP_WINDOW_KERNEL", "auto").strip().lower() or "auto"
+    if v not in WINDOW_KERNELS:
+        raise InputError(f"VLPROP_WINDOW_KERNEL must be one of {', '.join(WINDOW_KERNELS)}, not {v!r}")
+    return v
 
 
 @dataclass
@@ -47,7 +64,7 @@ class _Entry:
 
     flat: torch.Tensor  # [hw, D]
     labels: torch.Tensor  # [C, hw]
-    padded: torch.Tensor | None = None
+    padded: torch.Tensor | None = None  # "patch" kernel: padded channels-last; "exact": flat + a zero row
     restricted: bool = True
     index: int = 0  # frame index counted from the (first) labelled frame
     boxes: dict | None = None  # UVC track: object channel -> Box | None
@@ -64,7 +81,20 @@ class PropagationEngine:
         for f in later_features:
             labels = eng.step(f)               # [C,h,w]
 
-    ``dtype`` (default float32) is the precision of affinities and labels; float64 is supported.
+    ``dtype`` (default float32) is the precision of the features and affinities; float64 is supported, and so
+    are bfloat16 / float16 (*approximate*: the affinity GEMMs run in that precision -- AMX on CPUs that have
+    it -- while labels, the top-k values handed to the softmax, the normalisation statistics and the label
+    aggregation stay float32; outputs are close to the float32 engine's, not equal).
+    The engine runs on the device of the features of the labelled frame (``reset``): CPU, CUDA or MPS; later
+    features and labels are moved there, nothing is copied back, and its buffers live there too.
+    ``window_kernel``: ``"exact"`` matches each tile of target locations only against the context cells that
+    some location's window contains (:func:`~vlprop.propagation.affinity.window_topk_exact`), ``"patch"`` the
+    previous kernel (the whole square patch around each tile, :func:`~vlprop.propagation.affinity.window_topk`);
+    both are exact and agree to fp32 rounding. ``"auto"`` (the default, or ``$VLPROP_WINDOW_KERNEL``) = exact.
+    With ``exact``, ``overall`` aggregation and top-k normalisation in fp32/fp64 on the CPU, the windowed frames
+    share one joint top-k per location (:meth:`_joint_windowed`); ``VLPROP_TOPK=torch`` turns that and the
+    two-stage top-k off (the previous behaviour, for benchmarks). Dense GEMMs: ``VLPROP_GEMM``
+    (:func:`~vlprop.propagation.affinity.gemm`).
     ``recode``: with ``requantize``, the function that turns a predicted ``[C,h,w]`` map into the hard labels
     remembered as context (default: one-hot of the per-location argmax, right for masks; keypoint heat maps
     re-encode their decoded keypoints, Waldmann's ``recreate_labels``, see
@@ -72,11 +102,19 @@ class PropagationEngine:
     """
 
     def __init__(self, config: PropagationConfig | Preset | str = "crw", dtype: torch.dtype = torch.float32,
-                 tile: int = 8, chunk: int = 2048, recode=None):
+                 tile: int = 8, chunk: int = 2048, recode=None, window_kernel: str | None = None):
         if isinstance(config, (str, Preset)):
             config = get_preset(config).propagation
         self.cfg = config
         self.dtype = dtype
+        # labels, weights and their sums: float32 under a low-precision feature dtype
+        self.label_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+        kernel = default_window_kernel() if window_kernel is None else window_kernel
+        if kernel not in WINDOW_KERNELS:
+            raise InputError(f"window_kernel must be one of {', '.join(WINDOW_KERNELS)}, not {kernel!r}")
+        self.window_kernel = "exact" if kernel == "auto" else kernel
+        self._window_ws = WindowWorkspace()  # the exact kernel's buffers, reused across frames
+        self.device: torch.device | None = None
         self.recode = recode
         self.tile = tile
         self.chunk = chunk
@@ -102,10 +140,12 @@ class PropagationEngine:
         if self._shape is not None and tuple(features.shape) != self._shape:
             raise InputError(f"{what}: feature map has shape {tuple(features.shape)} but this video's features are "
                              f"{self._shape}; all frames of a video must have the same size")
-        f = features.detach().to("cpu", self.dtype)
-        if self.cfg.feature_norm:
-            f = l2_normalize(f, dim=0)
-        return f
+        f = features.detach()
+        if self.device is not None:
+            f = f.to(self.device)
+        if self.cfg.feature_norm:  # normalised in at least float32, then rounded to the engine's dtype
+            f = l2_normalize(f.to(self.label_dtype), dim=0)
+        return f.to(self.dtype)
 
     def _entry(self, f: torch.Tensor, labels: torch.Tensor, restricted: bool, index: int = 0) -> _Entry:
         D, h, w = f.shape
@@ -113,8 +153,10 @@ class PropagationEngine:
                       restricted=restricted, index=index)
 
     def reset(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Start a new video with a labelled reference frame: features ``[D,h,w]``, labels ``[C,h,w]``."""
+        """Start a new video with a labelled reference frame: features ``[D,h,w]``, labels ``[C,h,w]``. The
+        engine works on the device of these features."""
         self._shape = None
+        self.device = features.device if torch.is_tensor(features) else None
         self._long.clear()
         self._short.clear()
         self._t = 0
@@ -140,7 +182,7 @@ class PropagationEngine:
                              f"{tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__}")
         if self._num_channels and labels.shape[0] != self._num_channels:
             raise InputError(f"{what}: {labels.shape[0]} channels, but this video has {self._num_channels}")
-        return labels.detach().to("cpu", self.dtype)
+        return labels.detach().to(self.device if self.device is not None else labels.device, self.label_dtype)
 
     def context(self) -> list[_Entry]:
         """Context entries of the next target frame: long-term first, then short-term oldest to newest."""
@@ -224,7 +266,7 @@ class PropagationEngine:
             if not restricted:
                 return dense_topk(qflat, entry.flat, k, reduce=reduce, temperature=cfg.temperature,
                                   chunk=self.chunk, workspace=self._workspace)
-            mask = self._dense_mask(h, w)
+            mask = self._dense_mask(h, w, q.device)
             return dense_topk(qflat, entry.flat, k, allowed=lambda s, e: mask[s:e],
                               masked_value=0.0 if cfg.compat_mask_before_exp else float("-inf"),
                               reduce=reduce, reduce_before_mask=before, temperature=cfg.temperature,
@@ -232,21 +274,61 @@ class PropagationEngine:
         # the dense (long-term) matches come first in context(); their buffer is not needed any more, so the
         # windowed matches do not add their own peak to it
         self._workspace = None
-        geo = window_geometry(h, w, self._offsets, self.tile)
+        if self.window_kernel == "exact":
+            geo = exact_geometry(h, w, self._offsets, self.tile, q.device)
+            if entry.padded is None:
+                entry.padded = extend_key(entry.flat)
+            return window_topk_exact(qt, entry.padded, geo, k, reduce=reduce, temperature=cfg.temperature,
+                                     workspace=self._window_ws)
+        geo = window_geometry(h, w, self._offsets, self.tile, q.device)
         if entry.padded is None:
             entry.padded = pad_channels_last(entry.flat.t().reshape(D, h, w), geo)
         return window_topk(qt, entry.padded, geo, k, reduce=reduce, temperature=cfg.temperature)
 
-    def _dense_mask(self, h: int, w: int) -> torch.Tensor:
-        key = (h, w)
+    def _joint_windowed(self, q: torch.Tensor, qt: torch.Tensor | None, entries: list[_Entry], k: int,
+                        reduce: str | None) -> tuple[set, TopK | None]:
+        """``overall`` aggregation without a statistic: the windowed frames' survivors in one joint top-k per
+        location (:func:`~vlprop.propagation.affinity.window_topk_exact_joint`; exact, and one top-k per location
+        instead of one per location and frame). Returns the positions in ``entries`` it covers and its result;
+        ``(set(), None)`` where it does not apply (``patch`` kernel, a statistic, fewer than two windowed
+        frames, ``VLPROP_TOPK=torch``, a non-CPU device, where ``torch.topk`` has no per-row overhead to save,
+        bf16/fp16: its one small GEMM per tile and frame was slower there than the per-frame kernel's batches)."""
+        cfg = self.cfg
+        if self.window_kernel != "exact" or reduce is not None or k <= 0 or qt is None or q.device.type != "cpu" \
+                or self.dtype in LOW_PRECISION \
+                or cfg.norm_stage == "before-restriction" or cfg.compat_mask_before_exp \
+                or os.environ.get("VLPROP_TOPK", "block") == "torch":
+            return set(), None
+        pos = [i for i, e in enumerate(entries) if e.restricted and self._offsets is not None]
+        D, h, w = q.shape
+        geo = exact_geometry(h, w, self._offsets, self.tile, q.device)
+        if len(pos) < 2 or (geo.M // 8) * len(pos) <= k:
+            return set(), None
+        for i in pos:
+            if entries[i].padded is None:
+                entries[i].padded = extend_key(entries[i].flat)
+        self._workspace = None
+        tk = window_topk_exact_joint(qt, [entries[i].padded for i in pos], geo, k,
+                                     frame_offsets=[i * h * w for i in pos], workspace=self._window_ws)
+        return set(pos), tk
+
+    def _tiles(self, q: torch.Tensor) -> torch.Tensor:
+        """The target frame cut into the window kernel's tiles."""
+        D, h, w = q.shape
+        return query_tiles(q, window_geometry(h, w, self._offsets, self.tile))
+
+    def _dense_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        key = (h, w, str(device))
         cache = getattr(self, "_mask_cache", None)
         if cache is None or cache[0] != key:
-            self._mask_cache = (key, window_mask_dense(h, w, self._offsets))
+            self._mask_cache = (key, window_mask_dense(h, w, self._offsets).to(device))
         return self._mask_cache[1]
 
     def _weights(self, values: torch.Tensor, stat: torch.Tensor | None) -> torch.Tensor:
         """Normalised weights ``[N, k]`` for survivor affinities ``values [N, k]`` (-inf = no candidate)."""
         cfg = self.cfg
+        values = values.to(self.label_dtype)  # low-precision affinities: softmax and sums in float32
+        stat = None if stat is None else stat.to(self.label_dtype)
         finite = torch.isfinite(values)
         if cfg.normalizer == "sum":
             v = torch.where(finite, values, torch.zeros((), dtype=values.dtype))
@@ -261,7 +343,7 @@ class PropagationEngine:
 
     def _leaky_softmax(self, values: torch.Tensor, total: int) -> torch.Tensor:
         """WALD quirk: softmax over ``total`` candidates where all but the k survivors are 0 (weight exp(0))."""
-        z = values / self.cfg.temperature
+        z = values.to(self.label_dtype) / self.cfg.temperature
         m = torch.clamp(z.max(1, keepdim=True).values, min=0.0)
         e = torch.exp(z - m)
         zeros = (total - values.shape[1]) * torch.exp(-m)
@@ -285,14 +367,14 @@ class PropagationEngine:
             return self._finish(self._aggregate_union(q, entries), h, w)
         need_tiles = self._offsets is not None and cfg.norm_stage != "before-restriction" \
             and not cfg.compat_mask_before_exp and any(e.restricted for e in entries)
-        qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if need_tiles else None
+        qt = self._tiles(q) if need_tiles else None
         k = cfg.topk
         C = entries[0].labels.shape[0]
         hw = h * w
         if cfg.localization == "track":
             return self._finish(self._aggregate_track(q, entries), h, w)
         if cfg.aggregation == "per-frame":
-            out = torch.zeros(h * w, C, dtype=q.dtype)
+            out = torch.zeros(h * w, C, dtype=self.label_dtype, device=q.device)
             for e in entries:
                 tk = self._frame_topk(q, qt, e, k, reduce)
                 wts = self._leaky_softmax(tk.values, hw) if cfg.compat_softmax_zeros else \
@@ -301,9 +383,14 @@ class PropagationEngine:
             out /= len(entries)
             return self._finish(out, h, w)
         # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
-        per = [self._frame_topk(q, qt, e, k, reduce) for e in entries]
+        joint = self._joint_windowed(q, qt, entries, k, reduce)
+        per = [self._frame_topk(q, qt, e, k, reduce) for i, e in enumerate(entries) if i not in joint[0]]
+        offsets = [i * hw for i in range(len(entries)) if i not in joint[0]]
+        if joint[1] is not None:
+            per.append(joint[1])
+            offsets.append(0)  # its index already counts the frames' positions
         values = torch.cat([p.values for p in per], dim=1)
-        index = torch.cat([p.index + i * hw for i, p in enumerate(per)], dim=1)
+        index = torch.cat([p.index + o for o, p in zip(offsets, per)], dim=1)
         stat = None
         if reduce == "lse":
             stat = torch.logsumexp(torch.stack([p.stat for p in per], 1), dim=1)
@@ -337,14 +424,14 @@ class PropagationEngine:
         # window candidates of every location at once with the tiled window kernel (k = the window's cell count
         # keeps exactly the in-window, in-frame cells; -inf pads the border)
         kwin = int(self._offsets.sum())
-        qt = query_tiles(q, window_geometry(h, w, self._offsets, self.tile)) if not all(roi) else None
+        qt = self._tiles(q) if not all(roi) else None
         windowed = [None if r else self._frame_topk(q, qt, e, kwin, None) for e, r in zip(entries, roi)]
         last_roi = max((i for i, r in enumerate(roi) if r), default=None)
         C = entries[0].labels.shape[0]
-        out = torch.zeros(hw, C, dtype=q.dtype)
+        out = torch.zeros(hw, C, dtype=self.label_dtype, device=q.device)
         step = max(1, self.chunk // 8)
         for s in range(0, hw, step):
-            rows = torch.arange(s, min(hw, s + step))
+            rows = torch.arange(s, min(hw, s + step), device=q.device)
             qc = qflat[s:s + len(rows)]
             blocks = []  # (entry, values [n, K], index [n, K] | None, roi label positions | None)
             offsets = {}
@@ -394,7 +481,8 @@ class PropagationEngine:
         D, h, w = q.shape
         ref = max(entries, key=lambda e: e.index)
         qflat_t = q.reshape(D, h * w)
-        grid = torch.stack(torch.meshgrid(torch.arange(h, dtype=q.dtype), torch.arange(w, dtype=q.dtype),
+        grid = torch.stack(torch.meshgrid(torch.arange(h, dtype=self.label_dtype, device=q.device),
+                                          torch.arange(w, dtype=self.label_dtype, device=q.device),
                                           indexing="ij"), -1).reshape(-1, 2)
         hard = ref.labels.argmax(0)
         boxes = {}
@@ -403,7 +491,8 @@ class PropagationEngine:
             if cells.numel() < 2:
                 boxes[o] = None
                 continue
-            coords = torch.cat([torch.softmax((ref.flat[cells[s:s + self.chunk]] @ qflat_t) / cfg.temperature, 1) @ grid
+            coords = torch.cat([torch.softmax((ref.flat[cells[s:s + self.chunk]] @ qflat_t).to(self.label_dtype)
+                                              / cfg.temperature, 1) @ grid
                                 for s in range(0, cells.numel(), self.chunk)])
             boxes[o] = box_from_coords(coords, ref.boxes.get(o) if ref.boxes else None, cfg.track_mad,
                                        cfg.track_margin, cfg.track_ema, cfg.track_bandwidth, cfg.track_sigma)
@@ -423,14 +512,14 @@ class PropagationEngine:
         qflat = q.reshape(D, hw).t()
         C = entries[0].labels.shape[0]
         k = hw if cfg.topk == 0 else min(cfg.topk, hw)
-        target_in = {o: box_mask(b, h, w) for o, b in boxes_t.items() if box_usable(b, h, w)}
-        out = torch.zeros(hw, C, dtype=q.dtype)
+        target_in = {o: box_mask(b, h, w, q.device) for o, b in boxes_t.items() if box_usable(b, h, w)}
+        out = torch.zeros(hw, C, dtype=self.label_dtype, device=q.device)
         for e in entries:
             mass, boxes = e.mass or {}, e.boxes or {}
-            restrict = {o: box_mask(boxes[o], h, w) for o in target_in
+            restrict = {o: box_mask(boxes[o], h, w, q.device) for o in target_in
                         if mass.get(o, 0) >= 3 and box_usable(boxes.get(o), h, w)}
             for s in range(0, hw, self.chunk):
-                a = qflat[s:s + self.chunk] @ e.flat.t()
+                a = (qflat[s:s + self.chunk] @ e.flat.t()).to(self.label_dtype)
                 lse = torch.logsumexp(a / cfg.temperature, dim=1, keepdim=True)
                 v, i = torch.topk(a, k, dim=1)
                 plain = _gather_weighted(e.labels, i, torch.exp(v / cfg.temperature - lse))

@@ -28,9 +28,9 @@ import torch
 NEG_INF = float("-inf")
 
 
-def _offsets(radius: int, dtype: torch.dtype) -> torch.Tensor:
+def _offsets(radius: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[(2r+1)^2, 2]`` integer offsets ``(dy, dx)`` in row-major order."""
-    d = torch.arange(-radius, radius + 1, dtype=dtype)
+    d = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
     return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
 
@@ -42,7 +42,7 @@ def roi_coarse_offset(q: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, h:
     q: ``[n, D]`` target features of the chunk; ref: ``[h*w, D]`` reference features; rows: ``[n]`` flat
     indices of the targets.
     """
-    off = _offsets(radius, q.dtype)  # [P, 2]
+    off = _offsets(radius, q.dtype, q.device)  # [P, 2]
     ty = torch.div(rows, w, rounding_mode="floor")
     tx = rows % w
     py = ty[:, None] + dilation * off[None, :, 0].long()
@@ -58,13 +58,13 @@ def roi_coarse_offset(q: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, h:
 def roi_positions(rows: torch.Tensor, offset: torch.Tensor, h: int, w: int, radius: int,
                   compat: bool = False) -> torch.Tensor:
     """Sample positions ``[n, (2R+1)^2, 2]`` (``(y, x)``, real-valued cells) of the fine windows."""
-    off = _offsets(radius, offset.dtype)
+    off = _offsets(radius, offset.dtype, offset.device)
     ty = torch.div(rows, w, rounding_mode="floor").to(offset.dtype)
     tx = (rows % w).to(offset.dtype)
     centre = torch.stack([ty, tx], dim=1) + offset  # [n, 2]
     pos = centre[:, None, :] + off[None]
     if compat:  # MAST: (n-1)-normalised coordinates read by grid_sample with align_corners=False
-        scale = torch.tensor([h / max(h - 1, 1), w / max(w - 1, 1)], dtype=offset.dtype)
+        scale = torch.tensor([h / max(h - 1, 1), w / max(w - 1, 1)], dtype=offset.dtype, device=offset.device)
         pos = pos * scale - 0.5
     return pos
 
@@ -137,11 +137,11 @@ def compactness_weights(weights: torch.Tensor, values: torch.Tensor, index: torc
 Box = tuple[float, float, float, float]
 
 
-def box_mask(box: Box, h: int, w: int) -> torch.Tensor:
+def box_mask(box: Box, h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[h*w]`` bool: the cells inside ``box``."""
     cy, cx, ry, rx = box
-    ys = torch.arange(h, dtype=torch.float64)
-    xs = torch.arange(w, dtype=torch.float64)
+    ys = torch.arange(h, dtype=torch.float64, device=device)
+    xs = torch.arange(w, dtype=torch.float64, device=device)
     iny = (ys - cy).abs() <= ry
     inx = (xs - cx).abs() <= rx
     return (iny[:, None] & inx[None, :]).reshape(-1)
