@@ -4,7 +4,8 @@ For the default path (named model ``default`` = EfficientNet-Lite1 ImageNet ``st
 ``crw``) at 480p and 720p, prints seconds per frame for
 
 * ``baseline``: the settings before the speed work -- backbone batch 4, BatchNorm not folded, contiguous memory
-  format, fp32, and the engine's old window kernel (``window_kernel="patch"``) when this engine has that knob;
+  format, fp32, and the engine's old window kernel (``window_kernel="patch"``) when this engine has that knob,
+  with ``torch.topk`` per context frame (``VLPROP_TOPK=torch``) and MKL GEMMs (``VLPROP_GEMM=mkl``);
 * ``fp32``: today's defaults (measured batch size, folded BatchNorm, measured memory format, the engine's
   default kernel);
 * ``bf16``: ``--precision bf16`` (bfloat16 backbone and engine GEMMs) where the CPU supports it;
@@ -97,6 +98,8 @@ def build(setting: str, device: str):
         prop.preset, prop.backbone, prop.weights = resolved.preset, resolved.backbone, resolved.weights
         if engine_has_kernel_knob():
             prop.engine_options = {"window_kernel": "patch"}
+        # the engine's other pre-issue behaviour: torch.topk per context frame, MKL for every GEMM
+        prop.bench_env = {"VLPROP_TOPK": "torch", "VLPROP_GEMM": "mkl"}
         return prop
     return Propagator(model=spec)
 
@@ -106,7 +109,23 @@ def describe(prop) -> str:
     kernel = prop.engine_options.get("window_kernel", "default")
     return (f"batch {ext.batch_size}, BN folded {'yes' if getattr(ext, 'bn_folded', 0) else 'no'}, "
             f"{getattr(ext, 'memory_format', 'contiguous')}, backbone {str(ext.dtype).replace('torch.', '')}, "
-            f"engine {str(prop.engine_dtype).replace('torch.', '')} kernel {kernel}")
+            f"engine {str(prop.engine_dtype).replace('torch.', '')} kernel {kernel}"
+            + "".join(f", {k}={v}" for k, v in getattr(prop, "bench_env", {}).items()))
+
+
+@contextmanager
+def engine_env(env: dict):
+    """Set the engine's environment switches (read at every call) for one run, restore them after."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # ----------------------------------------------------------------------------- one timed run
@@ -181,7 +200,7 @@ def run_once(prop, folder: Path, mask: np.ndarray, out: Path, device: str) -> tu
     masks = []
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with instrumented(prop, timer):
+    with instrumented(prop, timer), engine_env(getattr(prop, "bench_env", {})):
         for r in prop.run(str(folder), masks={0: mask}):
             with timer.part("write"):
                 write_mask(out / f"{r.name}.png", r.mask)
