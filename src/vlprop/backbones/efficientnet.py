@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 
 from vlprop.backbones.preprocessing import HALF
-from vlprop.backbones.registry import register_backbone
+from vlprop.backbones.registry import register_spec_backbone
 from vlprop.backbones.weights import CheckpointFile, load_weights, open_checkpoint
 from vlprop.errors import CheckpointError, InputError
 
@@ -381,21 +381,10 @@ _SPECS: dict[str, EfficientNetLiteSpec] = {}
 
 
 def _register(spec: EfficientNetLiteSpec) -> None:
-    def factory(*, stride: int | None = None, layer: str | None = None,
-                weights: str | os.PathLike | None = "random", seed: int = 0, weights_format: str | None = None,
-                allow_pickle: bool = False) -> EfficientNetLiteBackbone:
-        return _build(spec, stride=stride, layer=layer, weights=weights, seed=seed,
-                      weights_format=weights_format, allow_pickle=allow_pickle)
-
-    factory.__name__ = factory.__qualname__ = spec.arch
-    factory.__doc__ = _factory_doc(spec)
-    factory.spec = spec  # type: ignore[attr-defined]
-    factory.layers = LAYERS  # type: ignore[attr-defined]
-    factory.strides = _DILATABLE_STRIDES  # type: ignore[attr-defined]
-    factory.default_layer = spec.default_layer  # type: ignore[attr-defined]
-    register_backbone(factory)
+    globals()[spec.arch] = register_spec_backbone(
+        spec, _build, doc=_factory_doc(spec), layers=LAYERS,
+        strides=_DILATABLE_STRIDES, default_layer=spec.default_layer)
     _SPECS[spec.arch] = spec
-    globals()[spec.arch] = factory
 
 
 for _n in (0, 1, 2):

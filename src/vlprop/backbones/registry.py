@@ -105,3 +105,29 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
         except TypeError:
             raise InputError(f"backbone {name!r}: {exc}") from None
         raise
+
+
+def register_spec_backbone(spec, build: Callable[..., nn.Module], *, doc: str, layers: tuple[str, ...],
+                           strides: tuple[int, ...], default_layer: str,
+                           default_stride: int | None = None) -> Callable[..., nn.Module]:
+    """Register the member ``spec.arch`` of a spec-driven family (EfficientNet-Lite N, ViT variants).
+
+    The factory takes the keyword arguments every such family shares (``stride``, ``layer``, ``weights``,
+    ``seed``, ``weights_format``, ``allow_pickle``) and calls ``build(spec, **kwargs)``; it carries the attributes
+    the model layer reads (``spec``, ``layers``, ``strides``, ``default_layer`` and, when given,
+    ``default_stride``). Returns the factory (for the family module to expose under ``spec.arch``).
+    """
+    def factory(*, stride: int | None = None, layer: str | None = None, weights="random", seed: int = 0,
+                weights_format: str | None = None, allow_pickle: bool = False) -> nn.Module:
+        return build(spec, stride=stride, layer=layer, weights=weights, seed=seed, weights_format=weights_format,
+                     allow_pickle=allow_pickle)
+
+    factory.__name__ = factory.__qualname__ = spec.arch
+    factory.__doc__ = doc
+    factory.spec = spec  # type: ignore[attr-defined]
+    factory.layers = layers  # type: ignore[attr-defined]
+    factory.strides = strides  # type: ignore[attr-defined]
+    factory.default_layer = default_layer  # type: ignore[attr-defined]
+    if default_stride is not None:
+        factory.default_stride = default_stride  # type: ignore[attr-defined]
+    return register_backbone(factory)

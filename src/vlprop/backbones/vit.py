@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprop.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from vlprop.backbones.registry import register_backbone
+from vlprop.backbones.registry import register_spec_backbone
 from vlprop.backbones.weights import CheckpointFile, load_weights, open_checkpoint
 from vlprop.errors import CheckpointError, InputError
 
@@ -367,21 +367,9 @@ def _factory_doc(spec: ViTSpec) -> str:
 
 
 def _register(spec: ViTSpec) -> None:
-    def factory(*, stride: int | None = None, layer: str | None = None,
-                weights: str | os.PathLike | None = "random", seed: int = 0, weights_format: str | None = None,
-                allow_pickle: bool = False) -> ViTBackbone:
-        return build_vit(spec, stride=stride, layer=layer, weights=weights, seed=seed,
-                         weights_format=weights_format, allow_pickle=allow_pickle)
-
-    factory.__name__ = factory.__qualname__ = spec.arch
-    factory.__doc__ = _factory_doc(spec)
-    factory.spec = spec  # type: ignore[attr-defined]
-    factory.layers = LAYERS  # type: ignore[attr-defined]
-    factory.strides = (spec.patch_size,)  # type: ignore[attr-defined]
-    factory.default_layer = "last"  # type: ignore[attr-defined]
-    factory.default_stride = spec.patch_size  # type: ignore[attr-defined]
-    register_backbone(factory)
-    globals()[spec.arch] = factory
+    globals()[spec.arch] = register_spec_backbone(
+        spec, build_vit, doc=_factory_doc(spec), layers=LAYERS, strides=(spec.patch_size,), default_layer="last",
+        default_stride=spec.patch_size)
 
 
 def _dino(arch: str, patch: int, dim: int, heads: int, timm_name: str) -> ViTSpec:
