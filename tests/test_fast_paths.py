@@ -247,3 +247,33 @@ def test_keypoint_propagator_passes_device_features_and_decodes_on_the_cpu(monke
     out = list(kp.run(vid.frames, (xy0, np.array([True, True]))))
     assert len(out) == 4 and np.isfinite(out[-1].xy).all()
     spy.check(kp.extractor.device)
+
+
+def test_bf16_engine_dtype_follows_the_measured_rule(monkeypatch):
+    from vlprop.propagation.engine import BF16_ENGINE_MIN_CHANNELS_CPU, engine_dtype_for
+
+    small, big = BF16_ENGINE_MIN_CHANNELS_CPU - 1, BF16_ENGINE_MIN_CHANNELS_CPU
+    assert engine_dtype_for("fp32", big, "cpu") == torch.float32
+    assert engine_dtype_for("bf16", small, "cpu") == torch.float32   # float32 joint top-k measured faster
+    assert engine_dtype_for("bf16", big, "cpu") == torch.bfloat16
+    assert engine_dtype_for("bf16", small, "meta") == torch.bfloat16  # not the CPU: bf16 whenever asked for
+
+
+@needs_bf16
+def test_bf16_session_uses_float32_engines_for_narrow_features():
+    from vlprop import Propagator
+
+    vid = synthetic_video(num_frames=4, height=64, width=96, seed=2, speed=1.0)
+    made = []
+    for layer, want in (("res2", torch.float32), ("res3", torch.bfloat16)):  # 64 and 256 channels
+        prop = Propagator(preset="crw", backbone="resnet18", layer=layer, weights="random", precision="bf16")
+        orig = prop.new_engine
+
+        def spy(*a, _orig=orig, **k):
+            eng = _orig(*a, **k)
+            made.append(eng.dtype)
+            return eng
+
+        prop.new_engine = spy
+        list(prop.propagate(vid.frames, masks={0: vid.masks[0]}))
+        assert made[-1] == want, (layer, made)

@@ -286,7 +286,7 @@ class _Pass:
         self._live, self._live_uid = [], {}
         for uid, active in groups:
             rec = self._records[uid]
-            eng = self.s.propagator.new_engine(cfg)
+            eng = self.s.propagator.new_engine(cfg, features=self.s.features[rec.start])
             eng.reset(self.s.features[rec.start], rec.start_labels)
             pushed = [self.order[q] for q in range(self.pos[rec.start] + 1, j)]
             if cfg.context > 0:
@@ -338,7 +338,7 @@ class _Pass:
             self._live = [g for g in self._live if g.active]
             if ann_ids:
                 ann_labels = ann_labels.to(f.device)
-                eng = s.propagator.new_engine(cfg.propagation)
+                eng = s.propagator.new_engine(cfg.propagation, features=f)
                 eng.reset(f, ann_labels)
                 rec = _GroupRecord(self._next_uid, t, list(ann_ids), ann_labels)
                 self._records[rec.uid] = rec

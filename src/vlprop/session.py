@@ -24,7 +24,7 @@ from .io.masks import read_mask
 from .io.video import FrameSource, open_frames, resolve_frame
 from .labels.masks import decode_probs, encode_mask, probs_to_mask
 from .model import ModelSpec
-from .propagation.engine import PropagationEngine
+from .propagation.engine import PropagationEngine, engine_dtype_for
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,14 @@ class Propagator:
             self.backbone = backbone
         self.extractor = extractor
 
-    def new_engine(self, config=None, **kwargs) -> PropagationEngine:
+    def new_engine(self, config=None, features: torch.Tensor | None = None, **kwargs) -> PropagationEngine:
         """A :class:`~vlprop.propagation.engine.PropagationEngine` for this session's preset (or ``config``) in
-        this session's precision."""
-        return PropagationEngine(self.preset.propagation if config is None else config, dtype=self.engine_dtype,
+        this session's precision; given the ``features`` it will start from, the bf16 mode picks the engine dtype
+        measured faster for them (:func:`~vlprop.propagation.engine.engine_dtype_for`)."""
+        dtype = self.engine_dtype
+        if features is not None and dtype == torch.bfloat16:
+            dtype = engine_dtype_for(self.precision, features.shape[0], features.device)
+        return PropagationEngine(self.preset.propagation if config is None else config, dtype=dtype,
                                  **{**self.engine_options, **kwargs})
 
     # ----------------------------------------------------------------- labels
@@ -256,7 +260,7 @@ class Propagator:
                         g.engine.push(f, p)
                     groups = [g for g in groups if g.active]
                     if ann_ids:
-                        eng = self.new_engine(cfg.propagation)
+                        eng = self.new_engine(cfg.propagation, features=f)
                         eng.reset(f, ann_labels)
                         groups.append(_Group(fr.index, ann_ids, eng, set(ann_ids)))
                         preds = [(g, p) for g, p in preds if g.active] + [(groups[-1], ann_labels)]

@@ -71,6 +71,23 @@ class _Entry:
     mass: dict | None = None  # UVC track: object channel -> number of cells where it is the argmax
 
 
+# ``--precision bf16`` and the engine (benchmarks/end_to_end.py, 480p, default EfficientNet-Lite1 features, D = 112,
+# this 2-core AMX Xeon, idle): the bfloat16 engine (per-frame top-k) took 0.297 s/frame against 0.207 for the float32
+# engine with its joint top-k, while with D = 512 (benchmarks/engine_speed.py) bfloat16 was 1.6x faster than float32.
+# So on the CPU the bf16 mode keeps float32 affinities below this many feature channels (the backbone still runs in
+# bfloat16); on GPUs bfloat16 is used whenever asked for.
+BF16_ENGINE_MIN_CHANNELS_CPU = 256
+
+
+def engine_dtype_for(precision: str, channels: int, device: str | torch.device = "cpu") -> torch.dtype:
+    """The engine dtype of a run in ``precision`` (``fp32`` | ``bf16``) on ``channels``-dim features on ``device``."""
+    if precision != "bf16":
+        return torch.float32
+    if torch.device(device).type == "cpu" and channels < BF16_ENGINE_MIN_CHANNELS_CPU:
+        return torch.float32
+    return torch.bfloat16
+
+
 class PropagationEngine:
     """Propagate one soft label map through a stream of feature maps.
 

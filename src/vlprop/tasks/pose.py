@@ -47,7 +47,7 @@ from ..io.keypoints import KeypointSequence
 from ..io.video import FrameSource, open_frames, resolve_frame
 from ..labels.keypoints import KeypointCodec
 from ..model import ModelSpec
-from ..propagation.engine import PropagationEngine
+from ..propagation.engine import PropagationEngine, engine_dtype_for
 from .tracker import Box, CorrelationTracker, CropWindow, box_from_keypoints
 
 log = logging.getLogger(__name__)
@@ -424,7 +424,9 @@ class KeypointPropagator:
         xy_enc = st.xy if win is None else win.to_crop(st.xy)
         labels = self.codec.encode(np.where(vis0[:, None], xy_enc, np.nan), vis0, state["geometry"])
         # re-quantisation of keypoint maps re-encodes the decoded keypoints (not a per-cell argmax)
-        engine = PropagationEngine(self.preset.propagation, dtype=self.engine_dtype, recode=self.codec.recode)
+        dtype = engine_dtype_for(self.precision, f.shape[0], f.device) if self.engine_dtype == torch.bfloat16 \
+            else self.engine_dtype
+        engine = PropagationEngine(self.preset.propagation, dtype=dtype, recode=self.codec.recode)
         engine.reset(f, labels.to(f.device))
         state["engine"] = engine
         mass0 = self._joint_mass(labels)
