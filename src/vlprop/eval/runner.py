@@ -39,6 +39,8 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -420,8 +422,38 @@ def _compute(prop, job: _Job, progress: Callable[[int], None] | None) -> dict[st
 _WORKER: dict[str, Any] = {}
 
 
+def die_with_parent() -> None:
+    """In a worker process: be sent SIGTERM when the parent process dies (Linux ``PR_SET_PDEATHSIG``), so a parent
+    killed by SIGKILL or the OOM killer leaves no orphaned workers computing on. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the worker processes now (``shutdown(wait=False)`` alone lets
+    running jobs go on, in processes that outlive the parent)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=5)
+
+
 def _init_worker(spec: ModelSpec, threads: int, queue) -> None:
     import torch
+
+    die_with_parent()
 
     torch.set_num_threads(threads)
     try:
@@ -507,8 +539,8 @@ def _run_pool(jobs: list[_Job], spec: ModelSpec, workers: int, threads: int, qui
                 rec = fut.result()  # re-raises a worker's error (InputError pickles with its message)
                 records[rec["sequence"]] = rec
                 seq_bar.update(1)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no worker may go on computing
+        stop_pool(pool)
         raise
     else:
         pool.shutdown(wait=True)
