@@ -392,6 +392,13 @@ class ExactGeometry:
     cell_bias: torch.Tensor  # [nty, ntx, 1, M] float 0 / -inf (outside the frame)
     win_bias: torch.Tensor   # [t*t, M] float 0 / -inf (outside the target's window)
 
+    def per_tile(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cells [T, M], ref_index [T, M], cell_bias [T, 1, M], win_bias [t*t, M])`` over the ``T`` tiles in
+        row-major order, the biases in ``dtype`` (the scores' dtype)."""
+        n_tiles = self.nty * self.ntx
+        return (self.cells.view(n_tiles, self.M), self.ref_index.view(n_tiles, self.M),
+                self.cell_bias.view(n_tiles, 1, self.M).to(dtype), self.win_bias.to(dtype))
+
 
 @lru_cache(maxsize=16)
 def _exact_geometry(h: int, w: int, offsets_key: bytes, side: int, tile: int, device: str) -> ExactGeometry:
@@ -481,10 +488,7 @@ def window_topk_exact(
     if group is None:
         group = max(1, min(n_tiles, (1 << 18) // (tt * M)))
     q = qtiles.reshape(n_tiles, tt, D)
-    cells = geo.cells.view(n_tiles, M)
-    ref_index = geo.ref_index.view(n_tiles, M)
-    cell_bias = geo.cell_bias.view(n_tiles, 1, M).to(qtiles.dtype)
-    win_bias = geo.win_bias.to(qtiles.dtype)
+    cells, ref_index, cell_bias, win_bias = geo.per_tile(qtiles.dtype)
     values = qtiles.new_empty(n_tiles, tt, kk)
     index = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
     slot = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
@@ -547,10 +551,7 @@ def window_topk_exact_joint(
     offs = torch.tensor(frame_offsets if frame_offsets is not None else [f * hw for f in range(F)],
                         dtype=torch.long, device=dev)
     q = qtiles.reshape(n_tiles, tt, D)
-    cells = geo.cells.view(n_tiles, M)
-    ref_index = geo.ref_index.view(n_tiles, M)
-    cell_bias = geo.cell_bias.view(n_tiles, 1, M).to(qtiles.dtype)
-    win_bias = geo.win_bias.to(qtiles.dtype)
+    cells, ref_index, cell_bias, win_bias = geo.per_tile(qtiles.dtype)
     values = qtiles.new_empty(n_tiles, tt, kk)
     index = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
     ws = workspace if workspace is not None else WindowWorkspace()
