@@ -631,3 +631,34 @@ def test_validation_propagates_with_the_method_protocol_and_stt_exported_layer(t
     assert (view.stride, view.out_dim) == (8, 256)
     with torch.no_grad():
         assert view(torch.randn(1, 3, 64, 64)).shape == (1, 256, 8, 8)
+
+
+def test_an_efficientnet_trained_by_mast_loads_into_propagate_with_the_window_in_pixels(clips, tmp_path):
+    """A method's embedding head on another family's trunk (EfficientNet at stride 8): the run file carries
+    ``head.*`` next to the trunk; propagation uses the trunk layer with the run's weights and input, and the
+    paper's window radius (12 cells at stride 4) becomes 6 cells at stride 8."""
+    from PIL import Image
+
+    from vlprop.backbones import create_backbone
+    from vlprop.cli import main as vlprop_main
+    from vlprop.session import Propagator
+
+    run = tmp_path / "run"
+    assert vlprop_main(["train", "mast", "--data", str(clips), "--out", str(run), "--iters", "1", "--batch", "2",
+                        "--crop", "32", "--workers", "0", "--holdout", "0", "--no-progress", "--no-tensorboard",
+                        "--arch", "efficientnet_lite0", "--init", "random"]) == 0
+    obj = torch.load(run / "last.pt", weights_only=True)
+    assert (obj["arch"], obj["layer"], obj["stride"]) == ("efficientnet_lite0", "stage4", 8)
+    assert "head.weight" in obj["state_dict"] and obj["meta"]["export"]["settings"]["radius"] == 6
+    net = create_backbone("efficientnet_lite0", weights=str(run / "last.pt"))
+    assert (net.layer, net.stride) == ("stage4", 8)
+    assert torch.equal(net.state_dict()["conv_stem.weight"], obj["state_dict"]["conv_stem.weight"])
+    prop = Propagator(weights=str(run))
+    assert prop.extractor.colorspace == "lab"  # the Lab input MAST trained it on
+    mask = np.zeros((64, 64), np.uint8)
+    mask[21:37, 12:28] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "masks"
+    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
+                        "--weights", str(run), "--quiet"]) == 0
+    assert len(list(out.glob("*.png"))) == 12

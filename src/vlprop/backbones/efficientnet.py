@@ -174,7 +174,9 @@ class EfficientNetLiteBackbone(nn.Module):
         dropped = [f"blocks.{k}." for k in range(kept, len(STAGES))]
         if self.layer != "head":
             dropped += ["conv_head.", "bn2."]
-        dropped.append("classifier.")
+        # "classifier." is ImageNet's; "head." is the embedding head a training method (MAST, LIIR, DUL)
+        # put on this trunk: a vlprop run file carries it, propagation uses the trunk layer
+        dropped += ["classifier.", "head."]
         return tuple(dropped)
 
     def config(self) -> dict:

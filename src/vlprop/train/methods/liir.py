@@ -53,6 +53,7 @@ from .reconstruction import (
     sample_pair_indices,
     strided_values,
     window_logits,
+    window_radius_at,
     window_values,
     zero_init_last_bn,
 )
@@ -231,6 +232,7 @@ class LIIR(TrainingMethod):
     def build(self, backbone: nn.Module) -> LIIRNet:
         if self.cfg.zero_init_residual:
             zero_init_last_bn(backbone)
+        self.feature_stride = int(backbone.stride)
         return LIIRNet(backbone, self.cfg.embed_dim, self.cfg.bank_frames * self.cfg.bank_points)
 
     def loss(self, net: nn.Module, batch) -> dict[str, torch.Tensor]:
@@ -297,6 +299,8 @@ class LIIR(TrainingMethod):
         # LIIR's DAVIS protocol with vlprop's engine: joint softmax (T = 1, no top-k, no L2 norm) over
         # square windows of radius 14 on the stride-4 embedding, first frame + 5 previous (the code uses
         # {0, 5, t-1, t-3, t-5}); the compactness replacement at inference is not in the engine.
+        # Another trunk's stride (e.g. EfficientNet at 8) keeps the window's size in pixels.
+        radius = window_radius_at(14, getattr(self, "feature_stride", self.stride))
         return {"preset": "dul", "settings": {"topk": 0, "temperature": 1.0, "feature_norm": False,
-                                              "window": "square", "radius": 14, "window_long_term": True,
+                                              "window": "square", "radius": radius, "window_long_term": True,
                                               "context": 5}}

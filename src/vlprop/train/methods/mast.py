@@ -40,6 +40,7 @@ from .reconstruction import (
     sample_pair_indices,
     strided_values,
     window_logits,
+    window_radius_at,
     window_values,
     zero_init_last_bn,
 )
@@ -133,6 +134,7 @@ class MAST(TrainingMethod):
     def build(self, backbone: nn.Module) -> EmbeddingNet:
         if self.cfg.zero_init_residual:
             zero_init_last_bn(backbone)
+        self.feature_stride = int(backbone.stride)
         return EmbeddingNet(backbone, self.cfg.embed_dim)
 
     def loss(self, net: nn.Module, batch) -> dict[str, torch.Tensor]:
@@ -151,6 +153,8 @@ class MAST(TrainingMethod):
         # MAST test protocol approximated with vlprop's engine: joint softmax (T = 1, no top-k, no L2
         # normalisation) over square windows of radius 12 on the 64-d stride-4 embedding, first frame
         # + 5 previous (the released code uses frames {0, 5, t-1, t-3, t-5} and ROI search beyond 15).
+        # Another trunk's stride (e.g. EfficientNet at 8) keeps the window's size in pixels.
+        radius = window_radius_at(12, getattr(self, "feature_stride", self.stride))
         return {"preset": "dul", "settings": {"topk": 0, "temperature": 1.0, "feature_norm": False,
-                                              "window": "square", "radius": 12, "window_long_term": True,
+                                              "window": "square", "radius": radius, "window_long_term": True,
                                               "context": 5}}

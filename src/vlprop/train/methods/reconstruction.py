@@ -157,6 +157,12 @@ def sample_pair_indices(num_frames: int, frames: int, gaps: tuple[int, ...], pro
     return [start + k * g for k in range(frames)]
 
 
+def window_radius_at(radius: int, stride: int, paper_stride: int = 4) -> int:
+    """A window radius given in cells of the paper's stride-``paper_stride`` embedding, in cells of a
+    stride-``stride`` feature map covering the same pixels (at least 1)."""
+    return max(1, int(round(radius * paper_stride / int(stride))))
+
+
 class EmbeddingNet(nn.Module):
     """Backbone + embedding head: ``forward(x [B, 3, H, W]) -> f [B, dim, h, w]`` (no normalisation).
 
@@ -192,4 +198,5 @@ def zero_init_last_bn(module: nn.Module) -> None:
 
 
 __all__ = ["lab_channel_dropout", "window_logits", "window_values", "strided_values", "reconstruct",
-           "reconstruction_loss", "resize_square", "sample_pair_indices", "EmbeddingNet", "zero_init_last_bn"]
+           "reconstruction_loss", "resize_square", "sample_pair_indices", "window_radius_at", "EmbeddingNet",
+           "zero_init_last_bn"]
