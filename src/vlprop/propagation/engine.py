@@ -18,6 +18,7 @@ import torch
 from ..config import PropagationConfig, Preset, get_preset
 from ..errors import InputError
 from .localization import (
+    RoiWindow,
     box_from_coords,
     box_mask,
     box_usable,
@@ -451,17 +452,22 @@ class PropagationEngine:
             rows = torch.arange(s, min(hw, s + step), device=q.device)
             qc = qflat[s:s + len(rows)]
             blocks = []  # (entry, values [n, K], index [n, K] | None, roi label positions | None)
-            offsets = {}
+            offsets, windows = {}, {}
             for i, e in enumerate(entries):
                 if not roi[i]:
                     tk = windowed[i]
                     blocks.append((e, tk.values[s:s + len(rows)], tk.index[s:s + len(rows)], None))
                     continue
                 dil = min(cfg.roi_max_dilation, (t - e.index) // cfg.roi_after + 1)
-                o = roi_coarse_offset(qc, e.flat, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
+                a = qc @ e.flat.t()  # [n, hw]: both ROI steps gather from this one GEMM
+                o = roi_coarse_offset(a, rows, h, w, dil, cfg.roi_radius, cfg.temperature)
                 offsets[i] = o
-                pos = roi_positions(rows, o, h, w, R, cfg.compat_mast_roi)
-                blocks.append((e, roi_values(qc, e.flat, pos, h, w), None, i))
+                if cfg.compat_mast_roi:  # rescaled positions: the general bilinear path
+                    pos = roi_positions(rows, o, h, w, R, True)
+                    blocks.append((e, roi_values(a, pos, h, w), None, i))
+                else:
+                    windows[i] = RoiWindow(rows, o, h, w, R)
+                    blocks.append((e, windows[i].values(a), None, i))
             values = torch.cat([b[1] for b in blocks], dim=1)
             wts = self._weights(values, None)
             col = 0
@@ -475,9 +481,12 @@ class PropagationEngine:
                     out[s:s + len(rows)] += _gather_weighted(e.labels, index, wb)
                     continue
                 # MAST bug 1 (compat): every far reference's labels are read with the last offset computed
-                o = offsets[last_roi] if cfg.compat_mast_roi else offsets[roi_i]
-                pos = roi_positions(rows, o, h, w, R, cfg.compat_mast_roi)
-                out[s:s + len(rows)] += roi_label_weights(wb, pos, h, w) @ e.labels.t()
+                if cfg.compat_mast_roi:
+                    pos = roi_positions(rows, offsets[last_roi], h, w, R, True)
+                    dense = roi_label_weights(wb, pos, h, w)
+                else:
+                    dense = windows[roi_i].label_weights(wb, hw)
+                out[s:s + len(rows)] += dense @ e.labels.t()
         return out
 
     # ------------------------------------------------------------------ UVC track

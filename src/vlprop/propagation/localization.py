@@ -7,8 +7,10 @@ memory stays ``O(chunk * h * w)`` whatever the video length.
 
 ROI (MAST ``models/colorizer.py``, read as a specification in shared/specs/training-methods.md §4.4):
 
-Memory is ``O(n * window * D)`` per chunk of ``n`` targets: candidate features are gathered, never a dense
-``hw x hw`` affinity.
+Both steps read one affinity block ``a = q_chunk @ ref^T`` ``[n, h*w]`` per chunk of ``n`` targets and reference
+(one GEMM, then gathers of scalars): memory ``O(n * h * w)`` per chunk, never a dense ``hw x hw`` affinity and
+never ``n * window * D`` gathered feature vectors (4 corners x ``(2R+1)^2`` positions x ``D`` per target was
+~30x slower on a 2-core CPU at 480p).
 
 1. coarse match of target location ``i`` against reference ``r`` at dilated offsets
    ``a(i, delta) = <f_t(i), f_r(i + d * delta)>`` for ``delta in [-Rc, Rc]^2`` (0 where ``i + d * delta`` is
@@ -35,23 +37,22 @@ def _offsets(radius: int, dtype: torch.dtype, device: torch.device | str = "cpu"
     return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
 
 
-def roi_coarse_offset(q: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int,
-                      radius: int, temperature: float) -> torch.Tensor:
+def roi_coarse_offset(a: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int, radius: int,
+                      temperature: float) -> torch.Tensor:
     """Soft-argmax offset ``o(i)`` ``[n, 2]`` (cells, ``(dy, dx)``) of a chunk of target locations.
 
-    q: ``[n, D]`` target features of the chunk; ref: ``[h*w, D]`` reference features; rows: ``[n]`` flat
-    indices of the targets.
+    a: ``[n, h*w]`` affinities of the chunk's targets with every reference cell (``q @ ref^T``); rows: ``[n]``
+    flat indices of the targets.
     """
-    off = _offsets(radius, q.dtype, q.device)  # [P, 2]
-    ty = torch.div(rows, w, rounding_mode="floor")
-    tx = rows % w
-    py = ty[:, None] + dilation * off[None, :, 0].long()
-    px = tx[:, None] + dilation * off[None, :, 1].long()
-    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
-    idx = py.clamp(0, h - 1) * w + px.clamp(0, w - 1)
-    a = torch.bmm(ref[idx], q[:, :, None])[:, :, 0]  # [n, P] (a batched GEMV; einsum is much slower here)
-    a = torch.where(inside, a, torch.zeros((), dtype=a.dtype))
-    p = torch.softmax(a / temperature, dim=1)
+    off = _offsets(radius, a.dtype, a.device)  # [P, 2], row-major (dy, dx)
+    steps = dilation * torch.arange(-radius, radius + 1, device=rows.device)
+    py = torch.div(rows, w, rounding_mode="floor")[:, None] + steps  # [n, 2Rc+1]: separable rows x columns
+    px = (rows % w)[:, None] + steps
+    inside = (((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]).reshape(len(rows), -1)
+    idx = (py.clamp(0, h - 1)[:, :, None] * w + px.clamp(0, w - 1)[:, None, :]).reshape(len(rows), -1)
+    v = torch.gather(a, 1, idx)  # [n, P]
+    v = torch.where(inside, v, torch.zeros((), dtype=v.dtype))
+    p = torch.softmax(v / temperature, dim=1)
     return dilation * (p @ off)
 
 
@@ -85,15 +86,71 @@ def bilinear_corners(pos: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, t
     return torch.stack(idx, -1), torch.stack(wts, -1), touches
 
 
-def roi_values(q: torch.Tensor, ref: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Affinities ``[n, P]`` of the targets ``q [n, D]`` with the reference features ``ref [h*w, D]`` sampled
-    bilinearly at ``pos [n, P, 2]`` (``-inf`` for positions that do not touch the frame):
+def roi_values(a: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Affinities ``[n, P]`` of the targets with the reference features sampled bilinearly at ``pos [n, P, 2]``
+    (``-inf`` for positions that do not touch the frame), from ``a [n, h*w]`` (``q @ ref^T``):
     ``<f_t, sum_c w_c f_r(c)> = sum_c w_c <f_t, f_r(c)>`` over the four corners ``c``."""
     idx, wts, touches = bilinear_corners(pos, h, w)
     n, P = pos.shape[:2]
-    a = torch.bmm(ref[idx.reshape(n, P * 4)], q[:, :, None]).reshape(n, P, 4)
-    v = (a * wts).sum(-1)
+    v = (torch.gather(a, 1, idx.reshape(n, P * 4)).reshape(n, P, 4) * wts).sum(-1)
     return torch.where(touches, v, torch.full((), NEG_INF, dtype=v.dtype))
+
+
+class RoiWindow:
+    """The bilinear corners of a fine window ``centre + [-R, R]^2`` (exact integer offsets, i.e. not MAST's
+    rescaled positions): every position of a target shares the fractional part ``(fy, fx)`` of its centre, so the
+    corners of all ``(2R+1)^2`` positions are one integer window of ``S = 2R + 2`` cells per side starting at
+    ``floor(centre) - R``. Index arithmetic is separable (rows ``[n, S]`` x columns ``[n, S]``), which is what
+    makes it cheap: the general path computes 4 corners for each of the ``(2R+1)^2`` positions.
+
+    Attributes: ``idx [n, S*S]`` flat cells (clamped), ``inside [n, S, S]`` (bool), ``fy, fx [n, 1, 1]``,
+    ``touches [n, 2R+1, 2R+1]`` (the position is a candidate: at least one corner inside the frame).
+    """
+
+    def __init__(self, rows: torch.Tensor, offset: torch.Tensor, h: int, w: int, radius: int):
+        ty = torch.div(rows, w, rounding_mode="floor").to(offset.dtype)
+        tx = (rows % w).to(offset.dtype)
+        cy, cx = ty + offset[:, 0], tx + offset[:, 1]
+        y0, x0 = torch.floor(cy), torch.floor(cx)
+        self.fy, self.fx = (cy - y0)[:, None, None], (cx - x0)[:, None, None]
+        S = 2 * radius + 2
+        steps = torch.arange(-radius, radius + 2, device=rows.device)
+        ys = y0.long()[:, None] + steps  # [n, S] corner rows
+        xs = x0.long()[:, None] + steps
+        yin, xin = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)
+        self.inside = yin[:, :, None] & xin[:, None, :]
+        self.idx = (ys.clamp(0, h - 1)[:, :, None] * w + xs.clamp(0, w - 1)[:, None, :]).reshape(len(rows), S * S)
+        # a position (y0 + d + fy, ...) touches the frame iff -1 < y < h and -1 < x < w
+        py, px = ys[:, :-1].to(offset.dtype) + self.fy[:, :, 0], xs[:, :-1].to(offset.dtype) + self.fx[:, :, 0]
+        self.touches = ((py > -1) & (py < h))[:, :, None] & ((px > -1) & (px < w))[:, None, :]
+        self.S = S
+
+    def values(self, a: torch.Tensor) -> torch.Tensor:
+        """:func:`roi_values` for this window: ``[n, (2R+1)^2]`` from ``a [n, h*w]``."""
+        n, S = self.idx.shape[0], self.S
+        c = torch.gather(a, 1, self.idx).reshape(n, S, S)
+        c = torch.where(self.inside, c, torch.zeros((), dtype=c.dtype))
+        fy, fx = self.fy.to(c.dtype), self.fx.to(c.dtype)
+        top = c[:, :-1, :-1] * (1 - fx) + c[:, :-1, 1:] * fx
+        bottom = c[:, 1:, :-1] * (1 - fx) + c[:, 1:, 1:] * fx
+        v = top * (1 - fy) + bottom * fy
+        v = torch.where(self.touches, v, torch.full((), NEG_INF, dtype=v.dtype))
+        return v.reshape(n, -1)
+
+    def label_weights(self, weights: torch.Tensor, hw: int) -> torch.Tensor:
+        """:func:`roi_label_weights` for this window: dense ``[n, h*w]`` from ``weights [n, (2R+1)^2]``."""
+        n, S = self.idx.shape[0], self.S
+        wv = weights.reshape(n, S - 1, S - 1)
+        fy, fx = self.fy.to(wv.dtype), self.fx.to(wv.dtype)
+        corner = wv.new_zeros(n, S, S)  # each position spreads its weight on its four corners
+        corner[:, :-1, :-1] += wv * (1 - fy) * (1 - fx)
+        corner[:, :-1, 1:] += wv * (1 - fy) * fx
+        corner[:, 1:, :-1] += wv * fy * (1 - fx)
+        corner[:, 1:, 1:] += wv * fy * fx
+        corner = torch.where(self.inside, corner, torch.zeros((), dtype=corner.dtype))
+        dense = weights.new_zeros(n, hw)
+        dense.scatter_add_(1, self.idx, corner.reshape(n, S * S))
+        return dense
 
 
 def roi_label_weights(weights: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
