@@ -63,6 +63,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from vlprop.backbones.init import reset_batchnorm_, seeded_generator
 from vlprop.backbones.preprocessing import HALF
 from vlprop.backbones.registry import register_spec_backbone
 from vlprop.backbones.weights import CheckpointFile, load_weights, open_checkpoint
@@ -222,10 +223,7 @@ def _block_out_channels(stage: nn.Sequential) -> int:
 
 @torch.no_grad()
 def _reset_parameters(module: nn.Module, seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an int, got {seed!r}")
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
+    gen = seeded_generator(seed)
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
@@ -233,11 +231,7 @@ def _reset_parameters(module: nn.Module, seed: int) -> None:
             if m.bias is not None:
                 m.bias.zero_()
         elif isinstance(m, nn.BatchNorm2d):
-            m.weight.fill_(1.0)
-            m.bias.zero_()
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
-            m.num_batches_tracked.zero_()
+            reset_batchnorm_(m)
         elif isinstance(m, nn.Linear):
             # timm's classifier init: U(-1/sqrt(fan_out), 1/sqrt(fan_out)), fan_out = number of classes
             bound = 1.0 / math.sqrt(m.weight.shape[0])

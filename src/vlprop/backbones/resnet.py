@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet as tv_resnet
 
+from vlprop.backbones.init import reset_batchnorm_, seeded_generator
 from vlprop.backbones.registry import register_backbone
 from vlprop.backbones.weights import (
     CheckpointFile,
@@ -173,21 +174,14 @@ class ResNetBackbone(nn.Module):
         Conv weights: Kaiming-normal (fan_out, ReLU); conv biases 0; BatchNorm weight 1, bias 0,
         running mean 0, running var 1. Same seed and config -> bit-identical parameters.
         """
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError(f"seed must be an int, got {seed!r}")
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(seed)
+        gen = seeded_generator(seed)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
                 if m.bias is not None:
                     m.bias.zero_()
             elif isinstance(m, nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-                m.num_batches_tracked.zero_()
+                reset_batchnorm_(m)
 
     # ------------------------------------------------------------------ geometry
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
