@@ -653,8 +653,12 @@ def test_an_efficientnet_trained_by_mast_loads_into_propagate_with_the_window_in
     net = create_backbone("efficientnet_lite0", weights=str(run / "last.pt"))
     assert (net.layer, net.stride) == ("stage4", 8)
     assert torch.equal(net.state_dict()["conv_stem.weight"], obj["state_dict"]["conv_stem.weight"])
-    prop = Propagator(weights=str(run))
+    prop = Propagator(weights=str(run))  # no preset: the run's recorded protocol (MAST's, window in pixels)
     assert prop.extractor.colorspace == "lab"  # the Lab input MAST trained it on
+    cfg = prop.preset.propagation
+    assert (cfg.radius, cfg.topk, cfg.temperature, cfg.window, cfg.context) == (6, 0, 1.0, "square", 5)
+    assert Propagator(weights=str(run), preset="crw").preset.propagation.topk == 10  # a preset replaces it
+    assert Propagator(weights=str(run), radius=3).preset.propagation.radius == 3  # --set wins
     mask = np.zeros((64, 64), np.uint8)
     mask[21:37, 12:28] = 1
     Image.fromarray(mask).save(tmp_path / "m.png")

@@ -138,9 +138,9 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | Path:
                      f"file or a training run folder; got {weights!r}")
 
 
-def recorded_arch(weights: Any) -> str | None:
-    """The backbone a vlprop checkpoint (file or training run folder) was saved for, if registered; else
-    ``None``. A file can only load into the arch it records, so this beats the preset's default."""
+def _vlprop_checkpoint(weights: Any) -> dict | None:
+    """The contents of a vlprop checkpoint (file or training run folder), memory-mapped; ``None`` for named
+    models, ``random``/``imagenet``, other layouts and unreadable files (loading reports those with reasons)."""
     if weights is None or named_model(weights) is not None or weights in ("random", "imagenet"):
         return None
     try:
@@ -152,11 +152,34 @@ def recorded_arch(weights: Any) -> str | None:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not ours to judge here: loading reports a bad file with its reasons
         return None
-    if not isinstance(obj, dict) or obj.get("format") != "vlprop" or not isinstance(obj.get("arch"), str):
+    return obj if isinstance(obj, dict) and obj.get("format") == "vlprop" else None
+
+
+def recorded_arch(weights: Any) -> str | None:
+    """The backbone a vlprop checkpoint (file or training run folder) was saved for, if registered; else
+    ``None``. A file can only load into the arch it records, so this beats the preset's default."""
+    obj = _vlprop_checkpoint(weights)
+    if obj is None or not isinstance(obj.get("arch"), str):
         return None
     from .backbones.registry import list_backbones
 
     return obj["arch"] if obj["arch"] in list_backbones() else None
+
+
+def recorded_protocol(weights: Any) -> tuple[str, dict[str, Any]] | None:
+    """The propagation protocol a vlprop training run recorded for its features (``meta["export"]``: the
+    training method's paper protocol, e.g. MAST's union of square windows): ``(preset, settings)``, or
+    ``None`` when the file records none or names an unknown preset."""
+    obj = _vlprop_checkpoint(weights)
+    export = (obj or {}).get("meta", {}).get("export") if isinstance((obj or {}).get("meta"), dict) else None
+    if not isinstance(export, dict) or not isinstance(export.get("preset"), str):
+        return None
+    from .config import PRESETS
+
+    if export["preset"] not in PRESETS:
+        return None
+    settings = export.get("settings") or {}
+    return export["preset"], {str(k): v for k, v in settings.items()} if isinstance(settings, dict) else {}
 
 
 def _factory_choices(backbone: str, attr: str) -> tuple | None:
@@ -329,6 +352,15 @@ class ModelSpec:
         nm = named_model(self.weights)
         preset_name = self.preset if self.preset is not None else \
             (nm.preset if nm is not None and not keypoints else default_preset)
+        overrides = dict(self.overrides)
+        # a training run's own protocol (its method's paper settings) when no preset is asked for; --set wins
+        protocol = recorded_protocol(self.weights) if self.preset is None and nm is None and not keypoints else None
+        if protocol is not None:
+            preset_name = protocol[0]
+            overrides = {**protocol[1], **overrides}
+            log.info("weights %s: propagating with the protocol their training method recorded (preset %s, %s); "
+                     "--preset or --set change it", self.weights, protocol[0],
+                     ", ".join(f"{k}={v}" for k, v in protocol[1].items()) or "no settings")
         base = get_preset(preset_name)
         if keypoints and base.keypoints is None:
             from .config import KeypointConfig
@@ -342,7 +374,6 @@ class ModelSpec:
                              f"not {self.backbone!r}; give a checkpoint file, 'random' or 'imagenet' for "
                              f"{self.backbone}")
 
-        overrides = dict(self.overrides)
         feat_over = {k: overrides.pop(k) for k in ("layer", "stride") if k in overrides}
         layer = self.layer or feat_over.get("layer") or (nm.layer if nm else None)
         stride = self.stride or feat_over.get("stride") or (nm.stride if nm else None)
@@ -431,4 +462,5 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 __all__ = ["ModelSpec", "ResolvedModel", "extractor_for_network", "preprocessing_for", "weights_kind",
            "check_expected_weights", "NamedModel", "NAMED_MODELS", "register_named_model", "named_model",
-           "resolve_weights", "resolve_run_weights", "sha256_file"]
+           "resolve_weights", "resolve_run_weights", "recorded_arch", "recorded_protocol",
+           "sha256_file"]

@@ -63,8 +63,9 @@ def guard_outputs(out: str | None, overlay: str | None, force: bool, inputs: dic
 def add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
     """``--preset --backbone --weights --layer --stride --input-scale --short-side --size --colorspace --device
     --precision --seed --compat --set``."""
-    shown = default_preset or "the named model's (--weights default: see README), else dul for masks and " \
-                              "waldmann-jhmdb for --keypoints"
+    shown = default_preset or "the named model's (--weights default: see README), a training run's recorded " \
+                              "protocol (its method's paper settings), else dul for masks and waldmann-jhmdb " \
+                              "for --keypoints"
     p.add_argument("--preset", default=default_preset, help=f"propagation preset (default {shown}; "
                                                             "see `vlprop presets`)")
     p.add_argument("--backbone", default=None,
