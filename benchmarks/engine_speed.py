@@ -27,7 +27,6 @@ A second table times the dense first-frame match alone (``dense_topk``, 2048-row
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -36,6 +35,8 @@ import torch
 from vlprop.config import get_preset
 from vlprop.propagation.affinity import dense_topk, l2_normalize
 from vlprop.propagation.engine import PropagationEngine
+
+from end_to_end import engine_env  # noqa: E402  (a sibling script: benchmarks run as `python benchmarks/...`)
 
 VARIANTS = {  # name: (engine keyword arguments, environment)
     "old": ({"window_kernel": "patch"}, {"VLPROP_GEMM": "mkl", "VLPROP_TOPK": "torch"}),
@@ -57,16 +58,9 @@ def make_video(D: int, h: int, w: int, n: int, C: int = 4, seed: int = 0):
 
 
 def with_env(env: dict, fn):
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    """``fn()`` with the engine's environment switches ``env`` set (restored after)."""
+    with engine_env(env):
         return fn()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
