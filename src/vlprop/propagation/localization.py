@@ -37,6 +37,14 @@ def _offsets(radius: int, dtype: torch.dtype, device: torch.device | str = "cpu"
     return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
 
 
+def _window_cells(ys: torch.Tensor, xs: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cells of a separable window per target, rows ``ys [n, Sy]`` x columns ``xs [n, Sx]``: flat indices
+    ``[n, Sy*Sx]`` (clamped into the frame) and whether each cell is inside ``[n, Sy, Sx]``."""
+    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
+    idx = ys.clamp(0, h - 1)[:, :, None] * w + xs.clamp(0, w - 1)[:, None, :]
+    return idx.reshape(len(ys), -1), inside
+
+
 def roi_coarse_offset(a: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilation: int, radius: int,
                       temperature: float) -> torch.Tensor:
     """Soft-argmax offset ``o(i)`` ``[n, 2]`` (cells, ``(dy, dx)``) of a chunk of target locations.
@@ -48,10 +56,9 @@ def roi_coarse_offset(a: torch.Tensor, rows: torch.Tensor, h: int, w: int, dilat
     steps = dilation * torch.arange(-radius, radius + 1, device=rows.device)
     py = torch.div(rows, w, rounding_mode="floor")[:, None] + steps  # [n, 2Rc+1]: separable rows x columns
     px = (rows % w)[:, None] + steps
-    inside = (((py >= 0) & (py < h))[:, :, None] & ((px >= 0) & (px < w))[:, None, :]).reshape(len(rows), -1)
-    idx = (py.clamp(0, h - 1)[:, :, None] * w + px.clamp(0, w - 1)[:, None, :]).reshape(len(rows), -1)
+    idx, inside = _window_cells(py, px, h, w)
     v = torch.gather(a, 1, idx)  # [n, P]
-    v = torch.where(inside, v, torch.zeros((), dtype=v.dtype))
+    v = torch.where(inside.reshape(len(rows), -1), v, torch.zeros((), dtype=v.dtype))
     p = torch.softmax(v / temperature, dim=1)
     return dilation * (p @ off)
 
@@ -117,9 +124,7 @@ class RoiWindow:
         steps = torch.arange(-radius, radius + 2, device=rows.device)
         ys = y0.long()[:, None] + steps  # [n, S] corner rows
         xs = x0.long()[:, None] + steps
-        yin, xin = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)
-        self.inside = yin[:, :, None] & xin[:, None, :]
-        self.idx = (ys.clamp(0, h - 1)[:, :, None] * w + xs.clamp(0, w - 1)[:, None, :]).reshape(len(rows), S * S)
+        self.idx, self.inside = _window_cells(ys, xs, h, w)
         # a position (y0 + d + fy, ...) touches the frame iff -1 < y < h and -1 < x < w
         py, px = ys[:, :-1].to(offset.dtype) + self.fy[:, :, 0], xs[:, :-1].to(offset.dtype) + self.fx[:, :, 0]
         self.touches = ((py > -1) & (py < h))[:, :, None] & ((px > -1) & (px < w))[:, None, :]
