@@ -155,10 +155,11 @@ def _vlprop_checkpoint(weights: Any) -> dict | None:
     return obj if isinstance(obj, dict) and obj.get("format") == "vlprop" else None
 
 
-def recorded_arch(weights: Any) -> str | None:
+def recorded_arch(weights: Any, _obj: dict | None = None) -> str | None:
     """The backbone a vlprop checkpoint (file or training run folder) was saved for, if registered; else
-    ``None``. A file can only load into the arch it records, so this beats the preset's default."""
-    obj = _vlprop_checkpoint(weights)
+    ``None``. A file can only load into the arch it records, so this beats the preset's default. ``_obj``: the
+    checkpoint already read by :func:`_vlprop_checkpoint` (read here otherwise)."""
+    obj = _obj if _obj is not None else _vlprop_checkpoint(weights)
     if obj is None or not isinstance(obj.get("arch"), str):
         return None
     from .backbones.registry import list_backbones
@@ -166,11 +167,11 @@ def recorded_arch(weights: Any) -> str | None:
     return obj["arch"] if obj["arch"] in list_backbones() else None
 
 
-def recorded_protocol(weights: Any) -> tuple[str, dict[str, Any]] | None:
+def recorded_protocol(weights: Any, _obj: dict | None = None) -> tuple[str, dict[str, Any]] | None:
     """The propagation protocol a vlprop training run recorded for its features (``meta["export"]``: the
     training method's paper protocol, e.g. MAST's union of square windows): ``(preset, settings)``, or
-    ``None`` when the file records none or names an unknown preset."""
-    obj = _vlprop_checkpoint(weights)
+    ``None`` when the file records none or names an unknown preset. ``_obj`` as in :func:`recorded_arch`."""
+    obj = _obj if _obj is not None else _vlprop_checkpoint(weights)
     export = (obj or {}).get("meta", {}).get("export") if isinstance((obj or {}).get("meta"), dict) else None
     if not isinstance(export, dict) or not isinstance(export.get("preset"), str):
         return None
@@ -353,8 +354,10 @@ class ModelSpec:
         preset_name = self.preset if self.preset is not None else \
             (nm.preset if nm is not None and not keypoints else default_preset)
         overrides = dict(self.overrides)
+        ckpt = _vlprop_checkpoint(self.weights)  # read once: its arch and recorded protocol (None: not ours)
         # a training run's own protocol (its method's paper settings) when no preset is asked for; --set wins
-        protocol = recorded_protocol(self.weights) if self.preset is None and nm is None and not keypoints else None
+        protocol = recorded_protocol(self.weights, ckpt) if ckpt is not None and self.preset is None \
+            and not keypoints else None
         if protocol is not None:
             preset_name = protocol[0]
             overrides = {**protocol[1], **overrides}
@@ -366,7 +369,8 @@ class ModelSpec:
             from .config import KeypointConfig
 
             base = replace(base, keypoints=KeypointConfig())
-        backbone = (self.backbone or (nm.backbone if nm else None) or recorded_arch(self.weights)
+        backbone = (self.backbone or (nm.backbone if nm else None)
+                    or (recorded_arch(self.weights, ckpt) if ckpt is not None else None)
                     or getattr(base.features, "backbone", None) or DEFAULT_BACKBONE)
         backbone_factory(backbone)  # unknown name -> InputError listing the known ones
         if nm is not None and self.backbone is not None and self.backbone != nm.backbone:
