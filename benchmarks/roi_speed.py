@@ -75,7 +75,8 @@ def main(argv=None) -> None:
     q = torch.nn.functional.normalize(torch.randn(h * w, args.dim, generator=g), dim=1)
     ref = torch.nn.functional.normalize(torch.randn(h * w, args.dim, generator=g), dim=1)
     times = {}
-    for name, mode in (("gather features (previous)", "gather"), ("GEMM + 4 corners per position (compat path)", "gemm"),
+    for name, mode in (("gather features (previous)", "gather"),
+                       ("GEMM + 4 corners per position (compat path)", "gemm"),
                        ("GEMM + separable integer window (default path)", "window")):
         best = float("inf")
         for _ in range(args.repeats):

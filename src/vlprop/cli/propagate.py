@@ -264,8 +264,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="vlprop-demo", help="output folder (default ./vlprop-demo)")
     p.add_argument("--frames", type=int, default=40,
                    help=f"length of the synthetic video, {DEMO_MIN_FRAMES}..{DEMO_MAX_FRAMES} frames (default 40)")
-    p.add_argument("--preset", default=None, help="propagation preset (default: the named model's or a training run's recorded protocol; see "
-                                                  "`vlprop presets`)")
+    p.add_argument("--preset", default=None, help="propagation preset (default: the named model's or a training run's "
+                                                  "recorded protocol; see `vlprop presets`)")
     p.add_argument("--backbone", default=None, help="backbone (default: the named model's)")
     p.add_argument("--weights", default="default", help="named model, random, imagenet, or a checkpoint (default "
                                                          "'default')")
