@@ -274,3 +274,23 @@ def test_tensorboard_is_optional(tmp_path, monkeypatch):
     log.log_train(1, {"loss": 1.5})
     log.close()
     assert read_csv(tmp_path / "train.csv") == [{"step": "1", "loss": "1.5"}]
+
+
+def _bn_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or k.endswith(".weight")}
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_bn_keeps_the_initial_batchnorm_statistics_while_the_weights_train(clips, tmp_path, freeze):
+    backbone = TinyBackbone()
+    before = _bn_state(backbone)
+    trainer = Trainer(tiny_config(clips, tmp_path / "run", iters=3, freeze_bn=freeze), backbone=backbone)
+    trainer.fit()
+    after = _bn_state(trainer.net.core.backbone)
+    bns = [n for n, m in backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for n in bns:
+        stats_same = all(torch.equal(before[f"{n}.{s}"], after[f"{n}.{s}"]) for s in ("running_mean", "running_var"))
+        assert stats_same == freeze, n
+        assert not torch.equal(before[f"{n}.weight"], after[f"{n}.weight"]), n  # the affine weights still learn
+    assert trainer.net.training  # the rest of the network is still in train mode

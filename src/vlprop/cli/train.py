@@ -179,6 +179,9 @@ def _add_common_arguments(p: argparse.ArgumentParser, method) -> None:
     g.add_argument("--threads", default=S, type=int, help="torch intra-op threads")
     g.add_argument("--no-amp", default=S, dest="amp", action="store_false", help="disable mixed precision on CUDA")
     g.add_argument("--no-sync-bn", default=S, dest="sync_bn", action="store_false")
+    g.add_argument("--freeze-bn", default=S, dest="freeze_bn", action="store_true",
+                   help="keep the backbone's BatchNorm statistics of the initialisation (eval mode; affine weights "
+                        "still train): fine-tuning --init imagenet with small batches (default off)")
     g.add_argument("--seed", default=S, type=int)
     g.add_argument("--val-every", default=S, dest="val_every", type=int,
                    help="validate every K steps (default 0: never)")

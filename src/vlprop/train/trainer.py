@@ -106,6 +106,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     amp: bool = True                 # mixed precision (CUDA only)
     sync_bn: bool = True             # synchronise BatchNorm over ranks
+    freeze_bn: bool = False          # backbone BatchNorm in eval mode: the initialisation's statistics stay fixed
     threads: int | None = None
     seed: int = 0
     holdout: int | list[str] = 3
@@ -275,6 +276,18 @@ def _check_imagenet_available(arch: str) -> None:
     if not cached.is_file():
         raise InputError(f"--init imagenet: {arch} ImageNet weights are not available locally ({cached}); "
                          f"training never downloads them -- put the file there or pass --init PATH")
+
+
+def freeze_batchnorm_statistics(module: nn.Module) -> int:
+    """Put every BatchNorm layer of ``module`` in eval mode (after ``.train()``): normalisation uses, and
+    keeps, the running statistics of the initialisation while the affine weights still train (mmcv's
+    ``norm_eval``; the usual way to fine-tune ImageNet weights with small batches). Returns the count."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            n += 1
+    return n
 
 
 def default_backbone(cfg: TrainConfig, weights: str | None = None, method=None) -> nn.Module:
@@ -530,6 +543,8 @@ class Trainer:
         """One optimiser step over ``accum`` micro-batches drawn from the iterator ``batches``."""
         cfg = self.cfg
         self.model.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm_statistics(self.net.core.backbone)
         self.method.current_step = self.step  # completed steps: stage switches are exact on resume
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
