@@ -219,10 +219,11 @@ def test_device_recorder_catches_a_cpu_buffer(monkeypatch):
     feats = torch.empty(4, 8, 9, 10, device="meta")
     eng = PropagationEngine("uvc-perframe")
     eng.reset(feats[0], torch.empty(2, 9, 10, device="meta"))
-    eng.step(feats[1])
-    eng.step(feats[2])
     with _OffDevice("meta", allowed=(eng._offsets,)) as rec:
-        eng.step(feats[3])
+        try:
+            eng.step(feats[1])
+        except RuntimeError as e:  # mixing the CPU buffer with meta tensors may also fail later in the step
+            assert "device" in str(e)
     assert rec.bad
 
 

@@ -476,7 +476,8 @@ def window_topk_exact(
     Tiles are matched ``group`` at a time (default: as many as keep the affinity block near 1 MiB), so that the
     bias, the top-k and the next GEMM find the block still in cache; every buffer is reused (``workspace``).
     Returns values/index ``[h*w, min(k, M)]`` in row-major target order (``-inf`` values, with some in-frame
-    index, where a location has fewer candidates than that).
+    index, where a location has fewer candidates than that). ``k <= 0``: all ``M`` cells of each tile's window
+    union, not sorted and without a top-k (``-inf`` outside the location's own window).
     """
     t, M = geo.tile, geo.M
     nty, ntx = geo.nty, geo.ntx
@@ -491,7 +492,7 @@ def window_topk_exact(
     cells, ref_index, cell_bias, win_bias = geo.per_tile(qtiles.dtype)
     values = qtiles.new_empty(n_tiles, tt, kk)
     index = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
-    slot = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
+    slot = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev) if k > 0 else None
     stat = torch.empty(n_tiles, tt, dtype=_stat_dtype(qtiles.dtype), device=dev) if reduce else None
     ws = workspace if workspace is not None else WindowWorkspace()
     keys_buf = ws.get("keys", group * M * D, key_ext)
@@ -500,13 +501,18 @@ def window_topk_exact(
         e = min(n_tiles, s + group)
         g = e - s
         keys = torch.index_select(key_ext, 0, cells[s:e].reshape(-1), out=keys_buf[: g * M * D].view(g * M, D))
-        a = torch.baddbmm(cell_bias[s:e], q[s:e], keys.view(g, M, D).transpose(1, 2),
-                          out=scores_buf[: g * tt * M].view(g, tt, M))
+        # k <= 0: the affinities are the result (written in place, no top-k)
+        out = values[s:e] if slot is None else scores_buf[: g * tt * M].view(g, tt, M)
+        a = torch.baddbmm(cell_bias[s:e], q[s:e], keys.view(g, M, D).transpose(1, 2), out=out)
         a += win_bias
         if reduce:
             stat[s:e] = _reduce_stat(a, reduce, temperature)
-        values[s:e], slot[s:e] = block_topk(a, kk)
-    torch.gather(ref_index[:, None, :].expand(n_tiles, tt, M), 2, slot, out=index)
+        if slot is not None:
+            values[s:e], slot[s:e] = block_topk(a, kk)
+    if slot is None:
+        index.copy_(ref_index[:, None, :].expand(n_tiles, tt, M))
+    else:
+        torch.gather(ref_index[:, None, :].expand(n_tiles, tt, M), 2, slot, out=index)
 
     def untile(x: torch.Tensor) -> torch.Tensor:
         tail = x.shape[2:]

@@ -439,11 +439,10 @@ class PropagationEngine:
         qflat = q.reshape(D, hw).t()
         R = int(cfg.radius)
         roi = [cfg.localization == "roi" and t - e.index > cfg.roi_after for e in entries]
-        # window candidates of every location at once with the tiled window kernel (k = the window's cell count
-        # keeps exactly the in-window, in-frame cells; -inf pads the border)
-        kwin = int(self._offsets.sum())
+        # window candidates of every location at once with the tiled window kernel (k = 0: all cells of each
+        # tile's window union, unsorted; -inf outside the location's window and the frame)
         qt = self._tiles(q) if not all(roi) else None
-        windowed = [None if r else self._frame_topk(q, qt, e, kwin, None) for e, r in zip(entries, roi)]
+        windowed = [None if r else self._frame_topk(q, qt, e, 0, None) for e, r in zip(entries, roi)]
         last_roi = max((i for i, r in enumerate(roi) if r), default=None)
         C = entries[0].labels.shape[0]
         out = torch.zeros(hw, C, dtype=self.label_dtype, device=q.device)
@@ -567,10 +566,12 @@ class PropagationEngine:
 
 
 def _gather_weighted(labels: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``out[j, c] = sum_k weights[j,k] * labels[c, index[j,k]]`` -> ``[N, C]``."""
-    n, k = index.shape
-    g = labels.t().index_select(0, index.reshape(-1)).view(n, k, -1)
-    return torch.einsum("nk,nkc->nc", weights, g)
+    """``out[j, c] = sum_k weights[j,k] * labels[c, index[j,k]]`` -> ``[N, C]``.
+
+    One flat gather per channel: gathering ``[N*k]`` rows of ``C`` values (``index_select`` of ``labels.t()``)
+    costs per row, 4.7x slower for 2 channels at 6420 x 6464 candidates, and not faster up to 64 channels
+    (measured on this 2-core Xeon, one thread)."""
+    return torch.stack([(weights * ch.take(index)).sum(1) for ch in labels], 1)
 
 
 def normalize_labels(labels: torch.Tensor, mode: str) -> torch.Tensor:
