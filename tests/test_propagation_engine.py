@@ -371,6 +371,11 @@ CONFIGS = {
     "per-frame-before-restriction-disk": PropagationConfig(aggregation="per-frame", norm_stage="before-restriction",
                                                            window="disk", radius=3, topk=6, context=2),
     "overall-topk-all": PropagationConfig(topk=0, window="square", radius=2, context=2),
+    "union-of-windows": PropagationConfig(topk=0, window="square", radius=3, context=4, window_long_term=True,
+                                          temperature=0.1),
+    "union-disk-mast-references": PropagationConfig(topk=0, window="disk", radius=2.5, references="mast",
+                                                    window_long_term=True, temperature=1.0, feature_norm=False),
+    "topk-all-no-window": PropagationConfig(topk=0, window="none", context=3, temperature=0.2),
     "no-window": PropagationConfig(window="none", topk=7, context=4),
     "small-radius": PropagationConfig(window="square", radius=1, topk=20, context=2, window_long_term=True),
     "channel-minmax": PropagationConfig(label_norm="channel-minmax", topk=4, radius=3, context=3),
@@ -424,6 +429,7 @@ def test_engine_equals_naive_with_compat_quirks(name):
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS["no-window"], CONFIGS["per-frame-before-restriction-disk"],
+                                 CONFIGS["overall-topk-all"], CONFIGS["topk-all-no-window"],
                                  get_preset("waldmann-davis", compat=True).propagation], ids=str)
 def test_dense_matches_in_many_chunks_share_one_buffer_and_equal_the_reference(cfg):
     """Chunks of 7 target rows all land in one workspace per frame (masked in place for the
@@ -446,6 +452,28 @@ def test_window_tiles_larger_than_grid_and_odd_sizes():
     got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
     for g, e in zip(got, expected):
         assert torch.allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize("long_term", [True, False])
+def test_topk_all_is_one_online_softmax_over_the_windows_without_candidate_lists(monkeypatch, long_term):
+    """``topk = 0`` (MAST/LIIR's union of windows) goes through the tile-wise online softmax: no per-location
+    window top-k is built, the result equals the naive dense reference on an odd grid smaller than a tile's
+    window, with the first frame windowed or dense."""
+    import vlprop.propagation.engine as engine_mod
+
+    cfg = PropagationConfig(topk=0, window="square", radius=12, context=3, window_long_term=long_term,
+                            temperature=0.07)
+    feats, labels = random_video(T=5, h=5, w=31, seed=4)
+    expected = naive_video(cfg, feats, labels)
+
+    def no_candidate_lists(*a, **k):
+        raise AssertionError("topk=0 built per-location candidate lists")
+
+    monkeypatch.setattr(engine_mod, "window_topk_exact", no_candidate_lists)
+    monkeypatch.setattr(engine_mod, "dense_topk", no_candidate_lists)
+    got = [p for _, p in propagate_features(feats, labels, preset=cfg, dtype=torch.float64)]
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5, rtol=0)
 
 
 def test_float32_engine_matches_float64_reference_closely():

@@ -521,6 +521,94 @@ def window_topk_exact(
 
     return TopK(untile(values), untile(index), untile(stat) if stat is not None else None)
 
+@dataclass
+class SoftmaxSum:
+    """A softmax-weighted label sum over candidate sets met one after another (the online softmax of flash
+    attention): per target location the largest logit ``m`` so far, ``z = sum exp(l - m)`` and
+    ``u = sum exp(l - m) * labels``; :meth:`add` folds in another set, :meth:`result` is ``u / z``."""
+
+    m: torch.Tensor  # [N]
+    z: torch.Tensor  # [N]
+    u: torch.Tensor  # [N, C]
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, rows: slice = slice(None)) -> None:
+        """Fold in candidates ``logits [n, K]`` (already divided by T; ``-inf`` = none) with labels
+        ``[n, K, C]`` or, shared by every row, ``[K, C]``, for the target rows ``rows``."""
+        m0 = self.m[rows]
+        m = torch.maximum(m0, logits.amax(1))
+        e = torch.exp(logits - m[:, None])
+        scale = torch.exp(m0 - m)
+        self.z[rows] = self.z[rows] * scale + e.sum(1)
+        part = e @ labels if labels.dim() == 2 else torch.bmm(e[:, None, :], labels)[:, 0]
+        self.u[rows] = self.u[rows] * scale[:, None] + part
+        self.m[rows] = m
+
+    def result(self) -> torch.Tensor:
+        return self.u / self.z[:, None]
+
+
+def window_attend(
+    qtiles: torch.Tensor,
+    key_exts: list[torch.Tensor],
+    label_exts: list[torch.Tensor],
+    geo: ExactGeometry,
+    temperature: float,
+    label_dtype: torch.dtype = torch.float32,
+    workspace: WindowWorkspace | None = None,
+) -> SoftmaxSum:
+    """One softmax over the windows of every context frame (no top-k: MAST/LIIR's union of windows) and its
+    weighted label sum, tile by tile: a tile's ``M`` window cells (see :class:`ExactGeometry`) are gathered once
+    for its ``t*t`` locations, with their labels, so no per-location candidate list (``h*w x frames x M`` values
+    and indices) is ever built.
+
+    key_exts / label_exts: per frame ``[h*w + 1, D]`` (:func:`extend_key`) and ``[h*w + 1, C]`` (labels
+    transposed, a zero last row). Returns the running sums of every target location in row-major order (dense
+    context frames can then be folded in with :meth:`SoftmaxSum.add`)."""
+    t, M = geo.tile, geo.M
+    nty, ntx = geo.nty, geo.ntx
+    n_tiles = nty * ntx
+    tt = t * t
+    D = key_exts[0].shape[1]
+    C = label_exts[0].shape[1]
+    dev = qtiles.device
+    group = max(1, min(n_tiles, (1 << 18) // (tt * M)))
+    q = qtiles.reshape(n_tiles, tt, D)
+    cells, _, cell_bias, win_bias = geo.per_tile(qtiles.dtype)
+    acc = SoftmaxSum(torch.full((n_tiles * tt,), float("-inf"), dtype=label_dtype, device=dev),
+                     torch.zeros(n_tiles * tt, dtype=label_dtype, device=dev),
+                     torch.zeros(n_tiles * tt, C, dtype=label_dtype, device=dev))
+    ws = workspace if workspace is not None else WindowWorkspace()
+    keys_buf = ws.get("keys", group * M * D, key_exts[0])
+    scores_buf = ws.get("scores", group * tt * M, qtiles)
+    inv_t = 1.0 / temperature
+    for s in range(0, n_tiles, group):
+        e = min(n_tiles, s + group)
+        g = e - s
+        idx = cells[s:e].reshape(-1)
+        rows = slice(s * tt, e * tt)
+        for key_ext, lab_ext in zip(key_exts, label_exts):
+            keys = torch.index_select(key_ext, 0, idx, out=keys_buf[: g * M * D].view(g * M, D))
+            a = torch.baddbmm(cell_bias[s:e], q[s:e], keys.view(g, M, D).transpose(1, 2),
+                              out=scores_buf[: g * tt * M].view(g, tt, M))
+            a += win_bias
+            logits = a.to(label_dtype).mul_(inv_t) if a.dtype != label_dtype else a.mul_(inv_t)
+            labels = lab_ext.index_select(0, idx).view(g, M, C)
+            m0 = acc.m[rows].view(g, tt)
+            m = torch.maximum(m0, logits.amax(2))
+            w = torch.exp_(logits.sub_(m[..., None]))
+            scale = torch.exp(m0 - m)
+            acc.z[rows] = (acc.z[rows].view(g, tt) * scale + w.sum(2)).view(-1)
+            acc.u[rows] = (acc.u[rows].view(g, tt, C) * scale[..., None] + torch.bmm(w, labels)).view(-1, C)
+            acc.m[rows] = m.view(-1)
+
+    def untile(x: torch.Tensor) -> torch.Tensor:
+        tail = x.shape[1:]
+        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
+        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
+
+    return SoftmaxSum(untile(acc.m), untile(acc.z), untile(acc.u))
+
+
 def window_topk_exact_joint(
     qtiles: torch.Tensor,
     key_exts: list[torch.Tensor],

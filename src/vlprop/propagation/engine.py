@@ -30,6 +30,7 @@ from .localization import (
     tight_box,
 )
 from .affinity import (
+    SoftmaxSum,
     TopK,
     WindowWorkspace,
     dense_topk,
@@ -39,6 +40,7 @@ from .affinity import (
     l2_normalize,
     pad_channels_last,
     query_tiles,
+    window_attend,
     window_geometry,
     window_mask_dense,
     window_offsets,
@@ -400,6 +402,9 @@ class PropagationEngine:
                 out += _gather_weighted(e.labels, tk.index, wts)
             out /= len(entries)
             return self._finish(out, h, w)
+        if k <= 0 and reduce is None and cfg.normalizer == "softmax" and not cfg.compat_softmax_zeros \
+                and self.window_kernel == "exact":
+            return self._finish(self._attend(q, qt, entries), h, w)
         # overall: per-frame survivors then one joint top-k (exact: the joint top-k lies in their union)
         joint = self._joint_windowed(q, qt, entries, k, reduce)
         per = [self._frame_topk(q, qt, e, k, reduce) for i, e in enumerate(entries) if i not in joint[0]]
@@ -424,6 +429,38 @@ class PropagationEngine:
         labels = torch.cat([e.labels for e in entries], dim=1)  # [C, n*hw]
         out = _gather_weighted(labels, index, wts)
         return self._finish(out, h, w)
+
+    def _attend(self, q: torch.Tensor, qt: torch.Tensor | None, entries: list[_Entry]) -> torch.Tensor:
+        """``overall``, ``topk = 0``, softmax: one softmax over every candidate of every context frame (the
+        windowed frames' windows, the dense frames' every location) and the weighted label sum, without
+        per-location candidate lists: windowed frames tile by tile (:func:`window_attend`), dense frames in
+        chunks of target rows, merged as an online softmax (:class:`SoftmaxSum`). Returns ``[hw, C]``."""
+        cfg = self.cfg
+        D, h, w = q.shape
+        hw = h * w
+        C = entries[0].labels.shape[0]
+        ldt = self.label_dtype
+        win = [e for e in entries if e.restricted and self._offsets is not None]
+        if win:
+            geo = exact_geometry(h, w, self._offsets, self.tile, q.device)
+            for e in win:
+                if e.padded is None:
+                    e.padded = extend_key(e.flat)
+            labels = [torch.cat([e.labels.t(), e.labels.new_zeros(1, C)]).to(ldt) for e in win]
+            acc = window_attend(qt, [e.padded for e in win], labels, geo, cfg.temperature, ldt, self._window_ws)
+        else:
+            acc = SoftmaxSum(torch.full((hw,), float("-inf"), dtype=ldt, device=q.device),
+                             torch.zeros(hw, dtype=ldt, device=q.device), torch.zeros(hw, C, dtype=ldt, device=q.device))
+        windowed = {id(e) for e in win}
+        qflat = q.reshape(D, hw).t()
+        for e in entries:
+            if id(e) in windowed:
+                continue
+            lab = e.labels.t().to(ldt)
+            for s in range(0, hw, self.chunk):
+                rows = slice(s, min(hw, s + self.chunk))
+                acc.add((qflat[rows] @ e.flat.t()).to(ldt) / cfg.temperature, lab, rows)
+        return acc.result()
 
     def _aggregate_union(self, q: torch.Tensor, entries: list[_Entry]) -> torch.Tensor:
         """One softmax over the union of every context frame's candidates (MAST/LIIR, ``topk=0``), with MAST's
