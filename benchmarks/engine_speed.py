@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from vlprop.config import get_preset
+from vlprop.config import coerce_setting, get_preset
 from vlprop.propagation.affinity import dense_topk, l2_normalize
 from vlprop.propagation.engine import PropagationEngine
 
@@ -80,8 +80,7 @@ def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
     return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
 
 
-def engine_rows(D: int, h: int, w: int, variants: list[str], repeats: int, preset: str) -> list[str]:
-    cfg = get_preset(preset).propagation
+def engine_rows(D: int, h: int, w: int, variants: list[str], repeats: int, cfg) -> list[str]:
     feats, labels = make_video(D, h, w, cfg.context + 2)
     engines = {}
     for name in variants:
@@ -128,6 +127,9 @@ def main(argv=None) -> None:
     ap.add_argument("--grid", default="60x107")
     ap.add_argument("--dims", nargs="+", type=int, default=[112, 512])
     ap.add_argument("--preset", default="crw")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of the preset, e.g. the MAST/LIIR union of windows: --set topk=0 "
+                         "--set window=square --set window_long_term=true --set context=7")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
@@ -135,16 +137,19 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     h, w = map(int, args.grid.split("x"))
-    cfg = get_preset(args.preset).propagation
+    pairs = (item.split("=", 1) for item in args.set)
+    settings = {k.strip(): coerce_setting(k.strip(), v.strip()) for k, v in pairs}
+    cfg = get_preset(args.preset, **settings).propagation
     print(f"# engine speed: torch {torch.__version__}, {torch.get_num_threads()} threads, grid {h}x{w}, "
-          f"preset {args.preset} (1+{cfg.context} context frames, k={cfg.topk}, {cfg.window} r={cfg.radius:g}), "
+          f"preset {args.preset} {' '.join(args.set)} (1+{cfg.context} context frames, k={cfg.topk}, "
+          f"{cfg.window} r={cfg.radius:g}), "
           f"median of {args.repeats} interleaved repeats")
     print(f"| D | variant | wall s/frame | wall speed-up vs {args.variants[0]} | wall speed-up vs exact | "
           f"CPU s/frame | CPU speed-up vs {args.variants[0]} | max |diff| vs {args.variants[0]} | "
           "argmax agreement % |")
     print("|---|---|---|---|---|---|---|---|---|")
     for D in args.dims:
-        for row in engine_rows(D, h, w, args.variants, args.repeats, args.preset):
+        for row in engine_rows(D, h, w, args.variants, args.repeats, cfg):
             print(row, flush=True)
     print(f"\n# dense first-frame match alone (dense_topk, k=10, {h * w} x {h * w})")
     print("| D | GEMM | wall ms | wall speed-up vs mkl | CPU ms | CPU speed-up vs mkl |")

@@ -532,15 +532,14 @@ class SoftmaxSum:
     u: torch.Tensor  # [N, C]
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, rows: slice = slice(None)) -> None:
-        """Fold in candidates ``logits [n, K]`` (already divided by T; ``-inf`` = none) with labels
-        ``[n, K, C]`` or, shared by every row, ``[K, C]``, for the target rows ``rows``."""
+        """Fold in candidates ``logits [n, K]`` (already divided by T; ``-inf`` = none) of the target rows
+        ``rows``, the same ``K`` candidates with labels ``[K, C]`` for every row (a dense context frame)."""
         m0 = self.m[rows]
         m = torch.maximum(m0, logits.amax(1))
         e = torch.exp(logits - m[:, None])
         scale = torch.exp(m0 - m)
         self.z[rows] = self.z[rows] * scale + e.sum(1)
-        part = e @ labels if labels.dim() == 2 else torch.bmm(e[:, None, :], labels)[:, 0]
-        self.u[rows] = self.u[rows] * scale[:, None] + part
+        self.u[rows] = self.u[rows] * scale[:, None] + e @ labels
         self.m[rows] = m
 
     def result(self) -> torch.Tensor:

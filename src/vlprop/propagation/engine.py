@@ -450,7 +450,8 @@ class PropagationEngine:
             acc = window_attend(qt, [e.padded for e in win], labels, geo, cfg.temperature, ldt, self._window_ws)
         else:
             acc = SoftmaxSum(torch.full((hw,), float("-inf"), dtype=ldt, device=q.device),
-                             torch.zeros(hw, dtype=ldt, device=q.device), torch.zeros(hw, C, dtype=ldt, device=q.device))
+                             torch.zeros(hw, dtype=ldt, device=q.device),
+                             torch.zeros(hw, C, dtype=ldt, device=q.device))
         windowed = {id(e) for e in win}
         qflat = q.reshape(D, hw).t()
         for e in entries:
