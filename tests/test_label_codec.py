@@ -144,3 +144,15 @@ def test_engine_requantizes_keypoint_maps_with_the_codec_not_an_argmax():
         assert torch.allclose(stored, codec.recode(pred), atol=1e-12)
         onehot = torch.zeros_like(pred).scatter_(0, pred.argmax(0, keepdim=True), 1.0)
         assert not torch.allclose(stored, onehot)
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 7])
+def test_channel_argmax_equals_torch_argmax_with_ties_and_minus_inf(C):
+    from vlprop.labels.masks import channel_argmax
+
+    g = torch.Generator().manual_seed(C)
+    scores = torch.randint(0, 3, (C, 17, 23), generator=g).float()  # many ties: the first maximum wins
+    scores[:, 0, :5] = float("-inf")
+    if C > 1:
+        scores[1, 1, :] = float("-inf")
+    assert torch.equal(channel_argmax(scores), scores.argmax(0))

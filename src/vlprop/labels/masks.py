@@ -35,4 +35,17 @@ def decode_probs(probs: torch.Tensor, geometry: GridGeometry, output_minmax: boo
 def probs_to_mask(scores: torch.Tensor, ids: list[int]) -> np.ndarray:
     """Full-resolution scores ``[1 + K, H, W]`` -> index mask ``[H, W]`` uint8 (argmax, channel -> id)."""
     lut = np.array([0] + list(ids), dtype=np.uint8)
-    return lut[scores.argmax(0).numpy()]
+    return lut[channel_argmax(scores).numpy()]
+
+
+def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(0)`` (first maximum wins) for ``[C, H, W]`` scores without NaN, as one running comparison
+    per channel: torch's CPU reduction over the outer dimension took 0.13 s for 2 x 480 x 854 scores, this 6 ms
+    (one thread, this 2-core Xeon); int64 ``[H, W]``."""
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=torch.long, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best
+        index.masked_fill_(better, c)
+        torch.maximum(best, scores[c], out=best)
+    return index
