@@ -5,7 +5,8 @@ For the default path (named model ``default`` = EfficientNet-Lite1 ImageNet ``st
 
 * ``baseline``: the settings before the speed work -- backbone batch 4, BatchNorm not folded, contiguous memory
   format, fp32, and the engine's old window kernel (``window_kernel="patch"``) when this engine has that knob,
-  with ``torch.topk`` per context frame (``VLPROP_TOPK=torch``) and MKL GEMMs (``VLPROP_GEMM=mkl``);
+  with ``torch.topk`` per context frame (``VLPROP_TOPK=torch``) and MKL GEMMs (``VLPROP_GEMM=mkl``), and the
+  mask decoding's previous ``torch.argmax`` over the channel dimension;
 * ``fp32``: today's defaults (measured batch size, folded BatchNorm, measured memory format, the engine's
   default kernel);
 * ``bf16``: ``--precision bf16`` (bfloat16 backbone and engine GEMMs) where the CPU supports it;
@@ -100,6 +101,8 @@ def build(setting: str, device: str):
             prop.engine_options = {"window_kernel": "patch"}
         # the engine's other pre-issue behaviour: torch.topk per context frame, MKL for every GEMM
         prop.bench_env = {"VLPROP_TOPK": "torch", "VLPROP_GEMM": "mkl"}
+        # and the mask decoding's: torch's argmax over the channel dimension
+        prop.bench_argmax = lambda scores: scores.argmax(0)
         return prop
     return Propagator(model=spec)
 
@@ -131,7 +134,7 @@ def engine_env(env: dict):
 # ----------------------------------------------------------------------------- one timed run
 class Timer:
     def __init__(self, device: str):
-        self.t = {"decode": 0.0, "backbone": 0.0, "engine": 0.0, "write": 0.0}
+        self.t = {"decode": 0.0, "backbone": 0.0, "engine": 0.0, "mask": 0.0, "write": 0.0}
         self.cuda = torch.device(device).type == "cuda"
 
     @contextmanager
@@ -147,9 +150,14 @@ class Timer:
 
 @contextmanager
 def instrumented(prop, timer: Timer):
-    """Time the frame source (decode), the extractor (backbone) and every engine call (engine)."""
+    """Time the frame source (decode), the extractor (backbone), every engine call (engine) and the decoding of
+    grid probabilities to a full-resolution mask (mask: up-sampling and channel argmax)."""
+    import vlprop.labels.masks as masks_mod
     import vlprop.session as session
     from vlprop.propagation.engine import PropagationEngine
+
+    mask_fns = {n: getattr(session, n) for n in ("decode_probs", "probs_to_mask")}
+    orig_argmax = masks_mod.channel_argmax
 
     orig_open, orig_extract = session.open_frames, prop.extractor.extract_batch
     originals = {n: getattr(PropagationEngine, n) for n in ("reset", "predict", "push", "step")}
@@ -180,10 +188,19 @@ def instrumented(prop, timer: Timer):
                 return fn(*a, **k)
         return wrapper
 
+    def timed_mask(fn):
+        def wrapper(*a, **k):
+            with timer.part("mask"):
+                return fn(*a, **k)
+        return wrapper
+
     session.open_frames = lambda source: TimedSource(orig_open(source))
     prop.extractor.extract_batch = extract
     for n, fn in originals.items():
         setattr(PropagationEngine, n, timed(fn))
+    for n, fn in mask_fns.items():
+        setattr(session, n, timed_mask(fn))
+    masks_mod.channel_argmax = getattr(prop, "bench_argmax", orig_argmax)
     try:
         yield
     finally:
@@ -191,6 +208,9 @@ def instrumented(prop, timer: Timer):
         del prop.extractor.extract_batch
         for n, fn in originals.items():
             setattr(PropagationEngine, n, fn)
+        for n, fn in mask_fns.items():
+            setattr(session, n, fn)
+        masks_mod.channel_argmax = orig_argmax
 
 
 def run_once(prop, folder: Path, mask: np.ndarray, out: Path, device: str) -> tuple[dict, list[np.ndarray]]:
@@ -304,7 +324,8 @@ def main(argv=None) -> int:
                 mem = {s: (peak_memory(s, device, folder, mask_png, args.threads) if not args.no_memory else None)
                        for s in settings}
                 base = statistics.median(t["total"] for t in times["baseline"])
-                head = f"  {'setting':8s} {'decode':>7s} {'backbone':>8s} {'engine':>7s} {'write':>6s} {'other':>6s} " \
+                head = f"  {'setting':8s} {'decode':>7s} {'backbone':>8s} {'engine':>7s} {'mask':>6s} {'write':>6s} " \
+                       f"{'other':>6s} " \
                        f"{'total s/fr':>10s} {'vs base':>8s} {'peak RSS':>9s}"
                 print(head)
                 for s in settings:
@@ -314,7 +335,7 @@ def main(argv=None) -> int:
                     if m is not None and m.get("cuda_mib") is not None:
                         rss += f" (GPU {m['cuda_mib']:.0f})"
                     print(f"  {s:8s} {med['decode']:7.3f} {med['backbone']:8.3f} {med['engine']:7.3f} "
-                          f"{med['write']:6.3f} {med['other']:6.3f} {med['total']:10.3f} {base / med['total']:7.2f}x "
+                          f"{med['mask']:6.3f} {med['write']:6.3f} {med['other']:6.3f} {med['total']:10.3f} {base / med['total']:7.2f}x "
                           f"{rss:>9s}")
                 ref = first_masks["baseline"]
                 for s in settings[1:]:
