@@ -260,12 +260,14 @@ def test_bf16_engine_dtype_follows_the_measured_rule(monkeypatch):
 
 
 @needs_bf16
-def test_bf16_session_uses_float32_engines_for_narrow_features():
+def test_bf16_session_uses_float32_engines_for_narrow_features(monkeypatch):
+    import vlprop.propagation.engine as engine_mod
     from vlprop import Propagator
 
+    monkeypatch.setattr(engine_mod, "BF16_ENGINE_MIN_CHANNELS_CPU", 200)  # the mechanism, whatever the measured value
     vid = synthetic_video(num_frames=4, height=64, width=96, seed=2, speed=1.0)
     made = []
-    for layer, want in (("res2", torch.float32), ("res3", torch.bfloat16)):  # 64 and 256 channels
+    for layer, want in (("res2", torch.float32), ("res3", torch.bfloat16)):  # 128 and 256 channels
         prop = Propagator(preset="crw", backbone="resnet18", layer=layer, weights="random", precision="bf16")
         orig = prop.new_engine
 

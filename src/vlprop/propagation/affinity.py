@@ -171,7 +171,7 @@ def block_topk(a: torch.Tensor, k: int, block: int = 8) -> tuple[torch.Tensor, t
         return torch.topk(a, k, dim=-1)
     lead = a.shape[:-1]
     main = a[..., : nb * block]
-    bmax = main.unflatten(-1, (block, nb)).amax(-2)  # [..., nb]
+    bmax = _block_maxima(main, block, nb)  # [..., nb]
     bi = torch.topk(bmax, k, dim=-1).indices  # [..., k]
     cols = (bi.unsqueeze(-1) + nb * torch.arange(block, device=a.device)).reshape(*lead, k * block)
     if nb * block < n:
@@ -608,6 +608,18 @@ def window_attend(
     return SoftmaxSum(untile(acc.m), untile(acc.z), untile(acc.u))
 
 
+def _block_maxima(a: torch.Tensor, block: int, nb: int) -> torch.Tensor:
+    """Maxima of the blocks of :func:`block_topk` (block ``b`` = columns ``b, b + nb, ...``): ``[..., nb]``. In
+    bf16/fp16 a running elementwise maximum over the ``block`` column slices (1.8x faster than ``amax`` over the
+    strided view on this CPU; in fp32 ``amax`` is the faster)."""
+    if a.dtype not in (torch.bfloat16, torch.float16):
+        return a[..., : nb * block].unflatten(-1, (block, nb)).amax(-2)
+    out = a[..., :nb].clone()
+    for j in range(1, block):
+        torch.maximum(out, a[..., j * nb:(j + 1) * nb], out=out)
+    return out
+
+
 def window_topk_exact_joint(
     qtiles: torch.Tensor,
     key_exts: list[torch.Tensor],
@@ -648,19 +660,22 @@ def window_topk_exact_joint(
     values = qtiles.new_empty(n_tiles, tt, kk)
     index = torch.empty(n_tiles, tt, kk, dtype=torch.long, device=dev)
     ws = workspace if workspace is not None else WindowWorkspace()
-    keys_buf = ws.get("keys", M * D, key_exts[0]).view(M, D)
+    keys_buf = ws.get("keys", F * M * D, key_exts[0]).view(F, M, D)
     scores = ws.get("scores", F * tt * M, qtiles).view(F, tt, M)
     # candidate columns of a row, as flat positions in `scores`: k blocks, then every frame's tail columns
     lane = torch.arange(block, device=dev) * nb  # [block]
     tail_cols = torch.arange(nb * block, M, device=dev)
     tails = (torch.arange(F, device=dev)[:, None] * (tt * M) + tail_cols[None, :]).reshape(-1)  # [F * tail]
     row_base = torch.arange(tt, device=dev)[:, None] * M  # [tt, 1]
+    bias = win_bias.new_empty(tt, M)
     for i in range(n_tiles):
         for f, key_ext in enumerate(key_exts):
-            keys = torch.index_select(key_ext, 0, cells[i], out=keys_buf)
-            torch.baddbmm(cell_bias[i], q[i:i + 1], keys.t()[None], out=scores[f:f + 1])
-        scores += win_bias
-        bmax = scores[:, :, : nb * block].unflatten(-1, (block, nb)).amax(-2)  # [F, tt, nb]
+            torch.index_select(key_ext, 0, cells[i], out=keys_buf[f])
+        # one batched GEMM over the frames (bf16 on AMX: 2.3x faster than a GEMM per frame; fp32: 1.06x), the
+        # tile's frame border and the window in its bias
+        torch.add(cell_bias[i], win_bias, out=bias)
+        torch.baddbmm(bias, q[i:i + 1].expand(F, tt, D), keys_buf.transpose(1, 2), out=scores)
+        bmax = _block_maxima(scores, block, nb)  # [F, tt, nb]
         bmax = bmax.permute(1, 0, 2).reshape(tt, F * nb)
         bi = torch.topk(bmax, kk, dim=1).indices  # [tt, kk]: frame = bi // nb, block = bi % nb
         start = (bi // nb) * (tt * M) + bi % nb  # flat position of the block's first column, minus the row

@@ -74,12 +74,13 @@ class _Entry:
     mass: dict | None = None  # UVC track: object channel -> number of cells where it is the argmax
 
 
-# ``--precision bf16`` and the engine (benchmarks/end_to_end.py, 480p, default EfficientNet-Lite1 features, D = 112,
-# this 2-core AMX Xeon, idle): the bfloat16 engine (per-frame top-k) took 0.297 s/frame against 0.207 for the float32
-# engine with its joint top-k, while with D = 512 (benchmarks/engine_speed.py) bfloat16 was 1.6x faster than float32.
-# So on the CPU the bf16 mode keeps float32 affinities below this many feature channels (the backbone still runs in
-# bfloat16); on GPUs bfloat16 is used whenever asked for.
-BF16_ENGINE_MIN_CHANNELS_CPU = 256
+# ``--precision bf16`` and the engine on the CPU: with one GEMM per tile and frame the bfloat16 joint top-k was slower
+# than float32 at D = 112 (0.297 vs 0.207 s/frame end to end). Since it runs one batched GEMM per tile over the
+# frames, with the window in the GEMM's bias and bf16 block maxima as a running maximum, bfloat16 is faster at every
+# width measured (benchmarks/engine_speed.py, 480p grid, crw, one thread: 1.38x at D = 64, 1.36x at 112, 1.6x at
+# 512). Below this many channels (tiny test networks; not measured) the bf16 mode keeps float32 affinities; on GPUs
+# bfloat16 is used whenever asked for.
+BF16_ENGINE_MIN_CHANNELS_CPU = 64
 
 
 def engine_dtype_for(precision: str, channels: int, device: str | torch.device = "cpu") -> torch.dtype:
@@ -311,11 +312,9 @@ class PropagationEngine:
         location (:func:`~vlprop.propagation.affinity.window_topk_exact_joint`; exact, and one top-k per location
         instead of one per location and frame). Returns the positions in ``entries`` it covers and its result;
         ``(set(), None)`` where it does not apply (``patch`` kernel, a statistic, fewer than two windowed
-        frames, ``VLPROP_TOPK=torch``, a non-CPU device, where ``torch.topk`` has no per-row overhead to save,
-        bf16/fp16: its one small GEMM per tile and frame was slower there than the per-frame kernel's batches)."""
+        frames, ``VLPROP_TOPK=torch``, a non-CPU device, where ``torch.topk`` has no per-row overhead to save)."""
         cfg = self.cfg
         if self.window_kernel != "exact" or reduce is not None or k <= 0 or qt is None or q.device.type != "cpu" \
-                or self.dtype in LOW_PRECISION \
                 or cfg.norm_stage == "before-restriction" or cfg.compat_mask_before_exp \
                 or os.environ.get("VLPROP_TOPK", "block") == "torch":
             return set(), None
