@@ -314,6 +314,17 @@ def pad_channels_last(features: torch.Tensor, geo: WindowGeometry) -> torch.Tens
     return out
 
 
+def _untile(x: torch.Tensor, geo, lead: int) -> torch.Tensor:
+    """Per-tile results -> row-major target order: ``x`` holds the ``t*t`` locations of every tile (tiles in
+    row-major order) in its first ``lead`` dims (``[nty, ntx, t*t, ...]``, ``[tiles, t*t, ...]`` or
+    ``[tiles*t*t, ...]``); returns ``[h*w, ...]`` without the padding locations. ``geo``: a
+    :class:`WindowGeometry` or :class:`ExactGeometry`."""
+    t = geo.tile
+    tail = x.shape[lead:]
+    x = x.reshape(geo.nty, geo.ntx, t, t, *tail).transpose(1, 2).reshape(geo.nty * t, geo.ntx * t, *tail)
+    return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
+
+
 def query_tiles(features: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
     """``[D, h, w]`` -> ``[nty, ntx, t*t, D]`` (zero rows for padding locations)."""
     D, h, w = features.shape
@@ -361,12 +372,8 @@ def window_topk(
         values[by] = v
         index[by] = torch.gather(geo.ref_index[by][:, None, :].expand(ntx, t * t, P * P), 2, i)
     # tiles -> row-major locations, dropping padded targets
-    def untile(x: torch.Tensor) -> torch.Tensor:
-        tail = x.shape[3:]
-        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
-        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
-
-    return TopK(untile(values), untile(index), untile(stat) if stat is not None else None)
+    stat = _untile(stat, geo, 3) if stat is not None else None
+    return TopK(_untile(values, geo, 3), _untile(index, geo, 3), stat)
 
 
 # ------------------------------------------------------------------------------------ exact-work window kernel
@@ -514,12 +521,8 @@ def window_topk_exact(
     else:
         torch.gather(ref_index[:, None, :].expand(n_tiles, tt, M), 2, slot, out=index)
 
-    def untile(x: torch.Tensor) -> torch.Tensor:
-        tail = x.shape[2:]
-        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
-        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
-
-    return TopK(untile(values), untile(index), untile(stat) if stat is not None else None)
+    stat = _untile(stat, geo, 2) if stat is not None else None
+    return TopK(_untile(values, geo, 2), _untile(index, geo, 2), stat)
 
 @dataclass
 class SoftmaxSum:
@@ -600,12 +603,7 @@ def window_attend(
             acc.u[rows] = (acc.u[rows].view(g, tt, C) * scale[..., None] + torch.bmm(w, labels)).view(-1, C)
             acc.m[rows] = m.view(-1)
 
-    def untile(x: torch.Tensor) -> torch.Tensor:
-        tail = x.shape[1:]
-        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
-        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
-
-    return SoftmaxSum(untile(acc.m), untile(acc.z), untile(acc.u))
+    return SoftmaxSum(_untile(acc.m, geo, 1), _untile(acc.z, geo, 1), _untile(acc.u, geo, 1))
 
 
 def _block_maxima(a: torch.Tensor, block: int, nb: int) -> torch.Tensor:
@@ -690,12 +688,7 @@ def window_topk_exact_joint(
         values[i] = v
         index[i] = ref_index[i][col] + offs[frame]
 
-    def untile(x: torch.Tensor) -> torch.Tensor:
-        tail = x.shape[2:]
-        x = x.reshape(nty, ntx, t, t, *tail).transpose(1, 2).reshape(nty * t, ntx * t, *tail)
-        return x[: geo.h, : geo.w].reshape(geo.h * geo.w, *tail)
-
-    return TopK(untile(values), untile(index), None)
+    return TopK(_untile(values, geo, 2), _untile(index, geo, 2), None)
 
 
 def l2_normalize(features: torch.Tensor, dim: int = 0) -> torch.Tensor:
