@@ -657,7 +657,15 @@ def test_an_efficientnet_trained_by_mast_loads_into_propagate_with_the_window_in
     assert prop.extractor.colorspace == "lab"  # the Lab input MAST trained it on
     cfg = prop.preset.propagation
     assert (cfg.radius, cfg.topk, cfg.temperature, cfg.window, cfg.context) == (6, 0, 1.0, "square", 5)
-    assert Propagator(weights=str(run), preset="crw").preset.propagation.topk == 10  # a preset replaces it
+    # ... matching the trained 64-d head on the trunk (layer "embed"), as MAST does, not the trunk's 112 channels
+    emb = prop.extractor.net
+    assert (emb.layer, emb.trunk_layer, emb.out_dim, emb.stride) == ("embed", "stage4", 64, 8)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = F.conv2d(net.eval()(x), obj["head"]["weight"], obj["head"]["bias"], padding=1)
+        assert torch.allclose(emb.eval()(x), want, atol=1e-4)
+    crw = Propagator(weights=str(run), preset="crw")  # a preset replaces the protocol, and with it the layer
+    assert crw.preset.propagation.topk == 10 and crw.extractor.net.out_dim == 112
     assert Propagator(weights=str(run), radius=3).preset.propagation.radius == 3  # --set wins
     mask = np.zeros((64, 64), np.uint8)
     mask[21:37, 12:28] = 1
@@ -666,3 +674,18 @@ def test_an_efficientnet_trained_by_mast_loads_into_propagate_with_the_window_in
     assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
                         "--weights", str(run), "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == 12
+
+
+def test_layer_embed_needs_weights_with_a_3x3_head_that_fits_the_trunk():
+    from vlprop.backbones import create_backbone
+    from vlprop.backbones.embedding import conv_head_state, embedded_backbone
+    from vlprop.errors import CheckpointError
+    from vlprop.model import ModelSpec
+
+    with pytest.raises(InputError, match="embedding head"):
+        ModelSpec(backbone="efficientnet_lite0", weights="random", layer="embed").resolve()
+    assert conv_head_state({"head": {"conv1.weight": torch.zeros(8, 4, 1, 1), "conv1.bias": torch.zeros(8)}}) is None
+    trunk = create_backbone("efficientnet_lite0", weights="random", layer="stage3")  # 80 channels
+    head = {"head": {"weight": torch.zeros(64, 112, 3, 3), "bias": torch.zeros(64)}}
+    with pytest.raises(CheckpointError, match="takes 112 channels"):
+        embedded_backbone(trunk, head, "run.pt")

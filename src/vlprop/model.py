@@ -286,12 +286,16 @@ class ResolvedModel:
         """The backbone in eval mode with its weights loaded (``net.preprocessing`` set by its family)."""
         from .backbones import create_backbone
 
+        from .backbones.embedding import EMBED_LAYER, embedded_backbone
+
         kwargs: dict[str, Any] = {"weights": self.weights, "seed": self.seed}
-        if self.layer is not None:
+        if self.layer is not None and self.layer != EMBED_LAYER:
             kwargs["layer"] = self.layer
         if self.stride is not None:
             kwargs["stride"] = self.stride
         net = create_backbone(self.backbone, **kwargs)
+        if self.layer == EMBED_LAYER:  # the trunk at its recorded layer, then the run's embedding head
+            net = embedded_backbone(net, _vlprop_checkpoint(self.weights) or {}, self.weights)
         if self.named is None or self.named.preset != self.preset.name:  # a named model's own preset is by design
             check_expected_weights(self.preset, weights_kind(net, self.weights, self.named), self.weights)
         return net
@@ -346,6 +350,7 @@ class ModelSpec:
     def resolve(self, default_preset: str = "dul", keypoints: bool = False) -> ResolvedModel:
         """Apply the precedence rules; ``keypoints=True`` gives the preset a keypoint codec if it has none
         (and a named model's mask preset is not used: keypoints take ``default_preset``)."""
+        from .backbones.embedding import EMBED_LAYER, conv_head_state
         from .backbones.fusion import check_precision
         from .backbones.registry import backbone_factory
 
@@ -397,7 +402,11 @@ class ModelSpec:
         factory = backbone_factory(backbone)
         layer = layer if layer is not None else getattr(factory, "default_layer", None)
         stride = stride if stride is not None else getattr(factory, "default_stride", None)
-        if layers is not None and layer is not None and layer not in layers:
+        embed = layer == EMBED_LAYER and EMBED_LAYER not in (layers or ())
+        if embed and conv_head_state(ckpt) is None:
+            raise InputError(f"--layer {EMBED_LAYER} is the embedding head a MAST/LIIR run trained on this trunk; "
+                             f"weights {self.weights!r} hold none (use a trunk layer)")
+        if layers is not None and layer is not None and layer not in layers and not embed:
             raise InputError(f"backbone {backbone!r} has no feature layer {layer!r}; choose one of "
                              f"{', '.join(layers)} (--layer)")
         if strides is not None and stride is not None and stride not in strides:

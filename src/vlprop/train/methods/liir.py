@@ -233,6 +233,7 @@ class LIIR(TrainingMethod):
         if self.cfg.zero_init_residual:
             zero_init_last_bn(backbone)
         self.feature_stride = int(backbone.stride)
+        self.embed_layer = getattr(backbone, "layer", None) != "head"  # another trunk: its head is the run's
         return LIIRNet(backbone, self.cfg.embed_dim, self.cfg.bank_frames * self.cfg.bank_points)
 
     def loss(self, net: nn.Module, batch) -> dict[str, torch.Tensor]:
@@ -301,6 +302,8 @@ class LIIR(TrainingMethod):
         # {0, 5, t-1, t-3, t-5}); the compactness replacement at inference is not in the engine.
         # Another trunk's stride (e.g. EfficientNet at 8) keeps the window's size in pixels.
         radius = window_radius_at(14, getattr(self, "feature_stride", self.stride))
-        return {"preset": "dul", "settings": {"topk": 0, "temperature": 1.0, "feature_norm": False,
-                                              "window": "square", "radius": radius, "window_long_term": True,
-                                              "context": 5}}
+        settings = {"topk": 0, "temperature": 1.0, "feature_norm": False, "window": "square", "radius": radius,
+                    "window_long_term": True, "context": 5}
+        if getattr(self, "embed_layer", False):  # match the trained 64-d head on the trunk, as the paper does
+            settings["layer"] = "embed"
+        return {"preset": "dul", "settings": settings}

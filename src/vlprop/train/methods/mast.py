@@ -135,6 +135,7 @@ class MAST(TrainingMethod):
         if self.cfg.zero_init_residual:
             zero_init_last_bn(backbone)
         self.feature_stride = int(backbone.stride)
+        self.embed_layer = getattr(backbone, "layer", None) != "head"  # another trunk: its head is the run's
         return EmbeddingNet(backbone, self.cfg.embed_dim)
 
     def loss(self, net: nn.Module, batch) -> dict[str, torch.Tensor]:
@@ -155,6 +156,8 @@ class MAST(TrainingMethod):
         # + 5 previous (the released code uses frames {0, 5, t-1, t-3, t-5} and ROI search beyond 15).
         # Another trunk's stride (e.g. EfficientNet at 8) keeps the window's size in pixels.
         radius = window_radius_at(12, getattr(self, "feature_stride", self.stride))
-        return {"preset": "dul", "settings": {"topk": 0, "temperature": 1.0, "feature_norm": False,
-                                              "window": "square", "radius": radius, "window_long_term": True,
-                                              "context": 5}}
+        settings = {"topk": 0, "temperature": 1.0, "feature_norm": False, "window": "square", "radius": radius,
+                    "window_long_term": True, "context": 5}
+        if getattr(self, "embed_layer", False):  # match the trained 64-d head on the trunk, as the paper does
+            settings["layer"] = "embed"
+        return {"preset": "dul", "settings": settings}
