@@ -285,7 +285,6 @@ class ResolvedModel:
     def network(self):
         """The backbone in eval mode with its weights loaded (``net.preprocessing`` set by its family)."""
         from .backbones import create_backbone
-
         from .backbones.embedding import EMBED_LAYER, embedded_backbone
 
         kwargs: dict[str, Any] = {"weights": self.weights, "seed": self.seed}

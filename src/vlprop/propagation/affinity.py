@@ -535,15 +535,18 @@ class SoftmaxSum:
     u: torch.Tensor  # [N, C]
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, rows: slice = slice(None)) -> None:
-        """Fold in candidates ``logits [n, K]`` (already divided by T; ``-inf`` = none) of the target rows
-        ``rows``, the same ``K`` candidates with labels ``[K, C]`` for every row (a dense context frame)."""
-        m0 = self.m[rows]
-        m = torch.maximum(m0, logits.amax(1))
-        e = torch.exp(logits - m[:, None])
+        """Fold in candidates ``logits [..., K]`` (already divided by T; ``-inf`` = none; overwritten) of the
+        target rows ``rows`` (as many as ``logits`` has leading entries, in order), with labels that ``logits @
+        labels`` weights: ``[K, C]`` shared by every row (a dense context frame) or ``[g, K, C]`` per group of
+        rows (a tile's window cells, ``logits [g, t*t, K]``)."""
+        lead = logits.shape[:-1]
+        m0 = self.m[rows].view(lead)
+        m = torch.maximum(m0, logits.amax(-1))
+        e = torch.exp_(logits.sub_(m[..., None]))
         scale = torch.exp(m0 - m)
-        self.z[rows] = self.z[rows] * scale + e.sum(1)
-        self.u[rows] = self.u[rows] * scale[:, None] + e @ labels
-        self.m[rows] = m
+        self.z[rows] = (self.z[rows].view(lead) * scale + e.sum(-1)).reshape(-1)
+        self.u[rows] = (self.u[rows].view(*lead, -1) * scale[..., None] + e @ labels).reshape(-1, self.u.shape[1])
+        self.m[rows] = m.reshape(-1)
 
     def result(self) -> torch.Tensor:
         return self.u / self.z[:, None]
@@ -594,14 +597,7 @@ def window_attend(
                               out=scores_buf[: g * tt * M].view(g, tt, M))
             a += win_bias
             logits = a.to(label_dtype).mul_(inv_t) if a.dtype != label_dtype else a.mul_(inv_t)
-            labels = lab_ext.index_select(0, idx).view(g, M, C)
-            m0 = acc.m[rows].view(g, tt)
-            m = torch.maximum(m0, logits.amax(2))
-            w = torch.exp_(logits.sub_(m[..., None]))
-            scale = torch.exp(m0 - m)
-            acc.z[rows] = (acc.z[rows].view(g, tt) * scale + w.sum(2)).view(-1)
-            acc.u[rows] = (acc.u[rows].view(g, tt, C) * scale[..., None] + torch.bmm(w, labels)).view(-1, C)
-            acc.m[rows] = m.view(-1)
+            acc.add(logits, lab_ext.index_select(0, idx).view(g, M, C), rows)
 
     return SoftmaxSum(_untile(acc.m, geo, 1), _untile(acc.z, geo, 1), _untile(acc.u, geo, 1))
 
