@@ -50,10 +50,10 @@ from .reconstruction import (
     lab_channel_dropout,
     reconstruct,
     reconstruction_loss,
+    reconstruction_protocol,
     sample_pair_indices,
     strided_values,
     window_logits,
-    window_radius_at,
     window_values,
     zero_init_last_bn,
 )
@@ -301,9 +301,4 @@ class LIIR(TrainingMethod):
         # square windows of radius 14 on the stride-4 embedding, first frame + 5 previous (the code uses
         # {0, 5, t-1, t-3, t-5}); the compactness replacement at inference is not in the engine.
         # Another trunk's stride (e.g. EfficientNet at 8) keeps the window's size in pixels.
-        radius = window_radius_at(14, getattr(self, "feature_stride", self.stride))
-        settings = {"topk": 0, "temperature": 1.0, "feature_norm": False, "window": "square", "radius": radius,
-                    "window_long_term": True, "context": 5}
-        if getattr(self, "embed_layer", False):  # match the trained 64-d head on the trunk, as the paper does
-            settings["layer"] = "embed"
-        return {"preset": "dul", "settings": settings}
+        return reconstruction_protocol(14, self)

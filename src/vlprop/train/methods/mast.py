@@ -36,11 +36,11 @@ from .reconstruction import (
     lab_channel_dropout,
     reconstruct,
     reconstruction_loss,
+    reconstruction_protocol,
     resize_square,
     sample_pair_indices,
     strided_values,
     window_logits,
-    window_radius_at,
     window_values,
     zero_init_last_bn,
 )
@@ -155,9 +155,4 @@ class MAST(TrainingMethod):
         # normalisation) over square windows of radius 12 on the 64-d stride-4 embedding, first frame
         # + 5 previous (the released code uses frames {0, 5, t-1, t-3, t-5} and ROI search beyond 15).
         # Another trunk's stride (e.g. EfficientNet at 8) keeps the window's size in pixels.
-        radius = window_radius_at(12, getattr(self, "feature_stride", self.stride))
-        settings = {"topk": 0, "temperature": 1.0, "feature_norm": False, "window": "square", "radius": radius,
-                    "window_long_term": True, "context": 5}
-        if getattr(self, "embed_layer", False):  # match the trained 64-d head on the trunk, as the paper does
-            settings["layer"] = "embed"
-        return {"preset": "dul", "settings": settings}
+        return reconstruction_protocol(12, self)

@@ -163,6 +163,20 @@ def window_radius_at(radius: int, stride: int, paper_stride: int = 4) -> int:
     return max(1, int(round(radius * paper_stride / int(stride))))
 
 
+def reconstruction_protocol(radius: int, method) -> dict:
+    """MAST/LIIR's DAVIS protocol in vlprop's engine, what their ``export`` records: one joint softmax (T = 1, no
+    top-k, no L2 normalisation) over square windows of ``radius`` cells of the paper's stride-4 embedding, first
+    frame + 5 previous. Another trunk's stride (``method.feature_stride``, e.g. EfficientNet at 8) keeps the
+    window's size in pixels, and on another trunk (``method.embed_layer``) propagation matches the run's
+    trained 64-d head, as the papers do (feature layer ``embed``)."""
+    settings = {"topk": 0, "temperature": 1.0, "feature_norm": False, "window": "square",
+                "radius": window_radius_at(radius, getattr(method, "feature_stride", method.stride)),
+                "window_long_term": True, "context": 5}
+    if getattr(method, "embed_layer", False):
+        settings["layer"] = "embed"
+    return {"preset": "dul", "settings": settings}
+
+
 class EmbeddingNet(nn.Module):
     """Backbone + embedding head: ``forward(x [B, 3, H, W]) -> f [B, dim, h, w]`` (no normalisation).
 
@@ -198,5 +212,5 @@ def zero_init_last_bn(module: nn.Module) -> None:
 
 
 __all__ = ["lab_channel_dropout", "window_logits", "window_values", "strided_values", "reconstruct",
-           "reconstruction_loss", "resize_square", "sample_pair_indices", "window_radius_at", "EmbeddingNet",
-           "zero_init_last_bn"]
+           "reconstruction_loss", "resize_square", "sample_pair_indices", "window_radius_at", "reconstruction_protocol",
+           "EmbeddingNet", "zero_init_last_bn"]
