@@ -620,6 +620,19 @@ def test_lab_colorspace_known_values():
     torch.testing.assert_close(grey, torch.ones(3, 4, 4), rtol=0, atol=1e-5)
 
 
+def test_lab_to_rgb_inverts_rgb_to_lab_on_both_branches_of_each_formula():
+    from vlprop.backbones.colorspace import lab_to_rgb
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 3, 9, 11, generator=g)
+    rgb[0, :, 0, :4] = torch.tensor([[0.0, 1.0, 0.01, 0.002]] * 3)  # black, white, dark (linear branches)
+    torch.testing.assert_close(lab_to_rgb(rgb_to_lab(rgb)), rgb, rtol=0, atol=1e-5)
+    # the Lab values of the known-value test map back to red, black, white, green
+    lab = torch.tensor([[53.2408, 80.0925, 67.2032], [0, 0, 0], [100, 0, 0], [87.7347, -86.1827, 83.1793]])
+    expected = torch.tensor([[1.0, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0]])
+    torch.testing.assert_close(lab_to_rgb(lab.T.reshape(3, 1, 4))[:, 0].T, expected, rtol=0, atol=1e-3)
+
+
 def test_preprocessing_rounds_input_to_the_patch_multiple():
     from vlprop.backbones import FeatureExtractor, Preprocessing, create_backbone
 

@@ -129,6 +129,25 @@ def test_lab_channel_dropout_zeroes_one_ab_channel_scales_by_1_5_and_returns_it_
         lab_channel_dropout(lab, torch.tensor([0, 1]))
 
 
+def test_rgb_channel_dropout_removes_the_channel_in_lab_and_feeds_the_trunk_rgb():
+    from vlprop.backbones.colorspace import rgb_to_lab
+    from vlprop.backbones.preprocessing import HALF
+    from vlprop.train.methods.reconstruction import rgb_channel_dropout
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 2, 3, 5, 6, generator=g)  # 2 clips of 2 frames
+    drop = torch.tensor([1, 2])
+    inp, target = rgb_channel_dropout(rgb, drop, HALF)
+    lab = rgb_to_lab(rgb)
+    _, lab_target = lab_channel_dropout((lab - torch.tensor([50.0, 0, 0]).view(3, 1, 1))
+                                        / torch.tensor([50.0, 127, 127]).view(3, 1, 1), drop)
+    torch.testing.assert_close(target, lab_target)
+    back = rgb_to_lab(inp * 0.5 + 0.5)  # undo HALF (mean = std = 0.5): the network input in Lab
+    assert back[0, :, 1].abs().max() < 1e-3 and back[1, :, 2].abs().max() < 1e-3  # dropped = neutral
+    torch.testing.assert_close(back[0, :, 0::2], lab[0, :, 0::2], rtol=0, atol=1e-3)  # L, b kept
+    torch.testing.assert_close(back[1, :, 0:2], lab[1, :, 0:2], rtol=0, atol=1e-3)  # L, a kept
+
+
 def test_window_logits_and_values_match_a_naive_loop_with_zero_padding():
     g = torch.Generator().manual_seed(0)
     q, r = torch.randn(1, 2, 3, 4, generator=g), torch.randn(1, 2, 3, 4, generator=g)
@@ -515,6 +534,22 @@ def test_stt_entropy_selection_keeps_the_cells_above_the_flattened_threshold():
     assert m[0].tolist() == [1.0 if h > tau else 0.0 for h in H] and m.sum() == 5
 
 
+def test_stt_entropy_selection_scale_and_the_saturated_case_it_exists_for():
+    from vlprop.train.methods.stt import entropy_selection
+
+    g = torch.Generator().manual_seed(4)
+    ft, fr = torch.randn(1, 8, 4, 5, generator=g), torch.randn(1, 8, 4, 5, generator=g)
+    s = 2.5
+    assert torch.equal(entropy_selection(ft, fr, 1, 0.7, scale=s),
+                       entropy_selection(ft * s ** 0.5, fr * s ** 0.5, 1, 0.7))
+    # features of norm ~80 (an ImageNet EfficientNet-Lite stage4): every softmax is one-hot, every H ties,
+    # H > tau keeps nothing; the cosine correlation at 1/0.07 keeps floor(0.7 * 20) - 1 = 13 cells
+    big_t, big_r = ft * 30, fr * 30
+    assert entropy_selection(big_t, big_r, 1, 0.7).sum() == 0
+    nt, nr = torch.nn.functional.normalize(big_t, dim=1), torch.nn.functional.normalize(big_r, dim=1)
+    assert entropy_selection(nt, nr, 1, 0.7, scale=1 / 0.07).sum() == 13
+
+
 def test_stt_distillation_losses_on_hand_examples():
     from vlprop.train.methods.stt import global_distillation_loss, local_distillation_loss
 
@@ -547,6 +582,43 @@ def test_stt_run_exports_res3_at_stride_8_and_loads_into_vlprop_propagate(clips,
     out = tmp_path / "masks"
     assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
                         "--weights", str(run), "--layer", "res3", "--stride", "8", "--quiet"]) == 0
+    assert len(list(out.glob("*.png"))) == 12
+
+
+def test_stt_on_an_efficientnet_trunk_uses_cosine_rgb_levels_and_exports_stage4(clips, tmp_path):
+    """STT from an EfficientNet-Lite (the ImageNet start of the paper's spatial step): levels stage1 /
+    stage4 / stage6 (all dilated to stride 8 past stride 4), a teacher at the global level's stride 8,
+    RGB input and cosine correlations, so the local distillation selects cells (loss > 0); the run
+    exports stage4 at stride 8 with the trunk's own input normalisation, and propagate uses it."""
+    import csv
+
+    from PIL import Image
+
+    from vlprop.cli import main as vlprop_main
+
+    run = tmp_path / "run"
+    assert vlprop_main(["train", "stt", "--arch", "efficientnet_lite0", "--data", str(clips), "--out", str(run),
+                        "--iters", "2", "--batch", "2", "--crop", "64", "--teacher-weights", "random",
+                        "--teacher-arch", "efficientnet_lite0", "--workers", "0", "--holdout", "0",
+                        "--log-every", "1", "--no-progress", "--no-tensorboard"]) == 0
+    obj = torch.load(run / "last.pt", weights_only=True)
+    assert (obj["arch"], obj["layer"], obj["stride"]) == ("efficientnet_lite0", "stage4", 8)
+    rows = list(csv.DictReader(open(run / "train.csv")))
+    assert len(rows) == 2 and all(float(r["local"]) > 0 and float(r["glob"]) >= 0 for r in rows)
+    from vlprop.train.methods.stt import STT, STTConfig
+
+    m = STT(STTConfig(teacher_weights="random", teacher_arch="efficientnet_lite0"))
+    from vlprop.backbones import create_backbone
+
+    net = m.build(create_backbone("efficientnet_lite0", weights="random", **m.backbone_kwargs("efficientnet_lite0")))
+    assert (m.levels, m.correlation, m.input_space) == (("stage1", "stage4", "stage6"), "cosine", "rgb")
+    assert net.teacher.stride == 8 and m.export()["layer"] == "stage4"
+    mask = np.zeros((64, 64), np.uint8)
+    mask[21:37, 12:28] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "masks"
+    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
+                        "--weights", str(run), "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == 12
 
 

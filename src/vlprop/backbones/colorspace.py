@@ -46,6 +46,33 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return lab.to(rgb.dtype)
 
 
+def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    # below 0.0031308 (and for negative, out-of-gamut values) the linear branch, as _srgb_to_linear's
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
+
+
+def _f_inv(f: torch.Tensor) -> torch.Tensor:
+    return torch.where(f > _EPS ** (1.0 / 3.0), f ** 3, (f - 16.0 / 116.0) / 7.787)
+
+
+def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """Lab ``[..., 3, H, W]`` (L in [0, 100]) -> sRGB, same dtype: the inverse of :func:`rgb_to_lab` (its
+    piecewise formulas inverted branch by branch). ``clip``: clip to ``[0, 1]``; without it a colour outside
+    the sRGB gamut keeps values outside ``[0, 1]`` and :func:`rgb_to_lab` maps it back exactly."""
+    if lab.dim() < 3 or lab.shape[-3] != 3:
+        raise ValueError(f"expected an image [..., 3, H, W], got {tuple(lab.shape)}")
+    x = lab.float()
+    lightness, a, b = x[..., 0, :, :], x[..., 1, :, :], x[..., 2, :, :]
+    y_lin = lightness / 903.3
+    fy = torch.where(lightness > 903.3 * _EPS, (lightness + 16.0) / 116.0, 7.787 * y_lin + 16.0 / 116.0)
+    y = torch.where(lightness > 903.3 * _EPS, fy ** 3, y_lin)
+    xyz = torch.stack([_f_inv(fy + a / 500.0), y, _f_inv(fy - b / 200.0)], dim=-3)
+    m = torch.linalg.inv(_RGB_TO_XYZ).to(device=lab.device, dtype=torch.float32)
+    lin = torch.einsum("ij,...jhw->...ihw", m, xyz)
+    out = _linear_to_srgb(lin)
+    return (out.clamp(0.0, 1.0) if clip else out).to(lab.dtype)
+
+
 def convert_colorspace(rgb: torch.Tensor, colorspace: str) -> torch.Tensor:
     """Map sRGB ``[..., 3, H, W]`` in ``[0, 1]`` to the network's input space (before mean/std).
 

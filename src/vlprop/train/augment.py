@@ -145,8 +145,8 @@ def normalize(frames: torch.Tensor, preprocessing=None) -> torch.Tensor:
 
         frames = convert_colorspace(frames, preprocessing.colorspace)
         mean_v, std_v = preprocessing.mean, preprocessing.std
-    mean = torch.tensor(mean_v, dtype=frames.dtype).view(3, 1, 1)
-    std = torch.tensor(std_v, dtype=frames.dtype).view(3, 1, 1)
+    mean = torch.tensor(mean_v, dtype=frames.dtype, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(std_v, dtype=frames.dtype, device=frames.device).view(3, 1, 1)
     return (frames - mean) / std
 
 

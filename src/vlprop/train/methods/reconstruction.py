@@ -70,6 +70,29 @@ def lab_channel_dropout(lab: torch.Tensor, drop: torch.Tensor, scale: float = 1.
     return lab * keep * scale, target
 
 
+def rgb_channel_dropout(rgb: torch.Tensor, drop: torch.Tensor, preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """The channel dropout for a trunk that reads RGB (e.g. an ImageNet EfficientNet-Lite).
+
+    ``rgb`` float sRGB clips ``[B, T, 3, H, W]`` in ``[0, 1]``, ``drop`` long ``[B]`` in {1, 2}. The dropped
+    channel is removed in Lab as in :func:`lab_channel_dropout` (set to 0, the neutral colour), the frames
+    go back to sRGB (unclipped) and are normalised with ``preprocessing`` (the trunk's own): the network sees a natural
+    RGB image with one colour-opponent axis gone, not the Lab input an RGB-trained trunk never saw. No
+    3/2 rescaling. ``target`` is the same normalised Lab channel as :func:`lab_channel_dropout`'s.
+    """
+    from vlprop.backbones.colorspace import LAB_MEAN, LAB_STD, lab_to_rgb, rgb_to_lab
+
+    from ..augment import normalize
+
+    if rgb.dim() != 5 or rgb.shape[2] != 3:
+        raise InputError(f"expected RGB clips [B, T, 3, H, W], got {tuple(rgb.shape)}")
+    lab = rgb_to_lab(rgb)
+    mean = torch.tensor(LAB_MEAN, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    std = torch.tensor(LAB_STD, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    dropped, target = lab_channel_dropout((lab - mean) / std, drop, scale=1.0)
+    # not clipped: an image that leaves the sRGB gamut without the channel keeps exactly the other two
+    return normalize(lab_to_rgb(dropped * std + mean, clip=False), preprocessing), target
+
+
 def window_logits(query: torch.Tensor, ref: torch.Tensor, radius: int) -> torch.Tensor:
     """Dot products of each query cell with the ``(2R+1)^2`` reference cells around it.
 

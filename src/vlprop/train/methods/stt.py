@@ -5,9 +5,16 @@ spec: the student starts from ``--init`` and a frozen **teacher** (``teacher_arc
 ``teacher_weights``: ``imagenet``, e.g. the ImageNet EfficientNet-Lite, or any vlprop/reference
 checkpoint) supplies the spatial correspondence prior.
 
-Student: ``stt_resnet18`` (stage strides (1, 2, 2, 4), no stem pool); levels (vlprop / paper names):
-``res2`` / res3 at stride 4, ``res3`` / res4 at stride 8, ``res4`` / res5 at stride 32. Input: normalised
-Lab with MAST's a/b channel dropout. Teacher input: RGB with the teacher's own preprocessing.
+Student (:data:`STUDENT_LEVELS`): ``stt_resnet18`` (stage strides (1, 2, 2, 4), no stem pool); levels
+(vlprop / paper names): ``res2`` / res3 at stride 4, ``res3`` / res4 at stride 8, ``res4`` / res5 at
+stride 32. Or an **EfficientNet-Lite** trunk (``--arch efficientnet_lite1 --init imagenet``, an
+ImageNet start as in the paper's spatial step): ``stage1`` (stride 4), ``stage4`` (stride 8, dilated: the
+layer vlprop's default model propagates) and ``stage6`` (dilated to stride 8, so the global level is a
+32x32 grid for a 256 crop, not 8x8; the teacher is built at the same stride). Input (``input_space``):
+``lab`` = normalised Lab with MAST's a/b channel dropout (the paper's, the default for ``stt_resnet18``);
+``rgb`` = the same dropout done in Lab, then back to sRGB with the trunk's own normalisation (the default
+for other trunks: an RGB-trained trunk never saw Lab, see :func:`.reconstruction.rgb_channel_dropout`).
+Teacher input: RGB with the teacher's own preprocessing.
 
 Loss (spec §2.3-2.6; query = frame 2 ``t``, reference = frame 1 ``r``):
 
@@ -27,6 +34,12 @@ Loss (spec §2.3-2.6; query = frame 2 ``t``, reference = frame 1 ``r``):
   ``L_gc = mean (c_g - a)^2``;
 * ``L = L_rec^0 + L_rec^1 + alpha L_lc + beta L_gc`` with alpha = 1000, beta = 50.
 
+``correlation="cosine"`` (the default for EfficientNet-Lite, a deviation): every level's features and the
+teacher's are L2-normalised and each softmax above (and the entropy's) uses ``1 / corr_tau`` (0.07, STT's
+evaluation temperature) instead of ``1 / sqrt(C)`` / raw. An ImageNet Lite ``stage4`` has feature norms
+near 80: its raw dot products (~6000) make every softmax one-hot, so the reconstruction has no gradient and
+every cell's entropy ties, which leaves the entropy selection (``H > tau``) empty.
+
 Sample: two frames ``gap`` (5) raw frames apart, the same RandomResizedCrop (area 0.6-1, aspect 1.5-2)
 resized to ``crop x crop`` and horizontal flip (p 0.5) on both.
 """
@@ -45,7 +58,30 @@ from vlprop.errors import InputError
 
 from ..data import read_clip
 from . import TrainingMethod, register_method
-from .reconstruction import lab_channel_dropout, reconstruction_loss, strided_values, window_logits
+from .reconstruction import (
+    lab_channel_dropout,
+    reconstruction_loss,
+    rgb_channel_dropout,
+    strided_values,
+    window_logits,
+)
+
+# student trunk families: (stride-4 level, stride-8 level = propagation layer, global level), the global
+# level's output stride, and the create_backbone layer the student is cut at
+STUDENT_LEVELS = {
+    "stt_resnet18": (("res2", "res3", "res4"), 32, "res4"),
+    "efficientnet_lite": (("stage1", "stage4", "stage6"), 8, "stage6"),
+}
+
+
+def student_family(arch: str) -> str:
+    """The :data:`STUDENT_LEVELS` key of ``arch`` (``efficientnet_lite0/1/2`` share one)."""
+    if arch in STUDENT_LEVELS:
+        return arch
+    if arch.startswith("efficientnet_lite"):
+        return "efficientnet_lite"
+    raise InputError(f"stt trains a student with three pyramid levels: --arch stt_resnet18 or "
+                     f"efficientnet_lite0/1/2, got {arch!r} (the teacher can be any backbone: --teacher-arch)")
 
 
 def _h(text: str) -> dict:
@@ -73,10 +109,20 @@ class STTConfig:
         "frozen teacher (spatial step): imagenet, a named model (default = the shipped vlprop ResNet-18), "
         "a checkpoint or a run folder"))
     teacher_arch: str = field(default="", metadata=_h("teacher backbone (default: the checkpoint's, else resnet18)"))
-    teacher_layer: str = field(default="", metadata=_h("teacher layer at stride 32 (default res4 / stage6)"))
+    teacher_layer: str = field(default="", metadata=_h(
+        "teacher layer at the student's global stride (default res4 / stage6)"))
     teacher_tau: float = field(default=0.07, metadata=_h("teacher softmax temperature"))
     loss_scale: float = field(default=20.0, metadata=_h("smooth-L1 on values scaled by this factor"))
     beta1: float = field(default=0.9, metadata=_h("Adam beta1"))
+    correlation: str = field(default="auto", metadata=_h(
+        "dot (the paper: softmax of raw dot products / sqrt(C), teacher raw / teacher_tau) or cosine "
+        "(every level and the teacher L2-normalised, softmax at corr_tau: for trunks whose raw dot products "
+        "saturate the softmax, e.g. EfficientNet-Lite); auto = dot for stt_resnet18, cosine otherwise"))
+    corr_tau: float = field(default=0.07, metadata=_h("temperature of the cosine correlation"))
+    input_space: str = field(default="auto", metadata=_h(
+        "student input: lab (the paper: normalised Lab, a/b dropped, x1.5), rgb (the dropout done in Lab, "
+        "then back to sRGB with the trunk's normalisation, for RGB-trained trunks); auto = lab for "
+        "stt_resnet18, rgb for EfficientNet-Lite"))
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -87,11 +133,14 @@ def window_mask(h: int, w: int, radius: int, device=None) -> torch.Tensor:
     return ((y[:, None] - y[None, :]).abs() <= radius) & ((x[:, None] - x[None, :]).abs() <= radius)
 
 
-def local_correlation(ft: torch.Tensor, fr: torch.Tensor, radius: int | None) -> torch.Tensor:
-    """``softmax_j(<ft(i), fr(j)> / sqrt(C))`` over the window (all positions if ``radius`` is None).
-    ``ft``, ``fr`` ``[B, C, h, w]`` -> ``[B, h*w, h*w]`` (rows: query cells, columns: reference cells)."""
+def local_correlation(ft: torch.Tensor, fr: torch.Tensor, radius: int | None,
+                      scale: float | None = None) -> torch.Tensor:
+    """``softmax_j(scale <ft(i), fr(j)>)`` over the window (all positions if ``radius`` is None), ``scale``
+    default ``1 / sqrt(C)``. ``ft``, ``fr`` ``[B, C, h, w]`` -> ``[B, h*w, h*w]`` (rows: query cells,
+    columns: reference cells)."""
     B, C, h, w = ft.shape
-    S = torch.einsum("bci,bcj->bij", ft.flatten(2).float(), fr.flatten(2).float()) / math.sqrt(C)
+    scale = 1.0 / math.sqrt(C) if scale is None else float(scale)
+    S = torch.einsum("bci,bcj->bij", ft.flatten(2).float(), fr.flatten(2).float()) * scale
     if radius is not None:
         S = S.masked_fill(~window_mask(h, w, radius, ft.device), float("-inf"))
     return torch.softmax(S, -1)
@@ -121,12 +170,15 @@ def downsample_correlation(c0: torch.Tensor, h0: int, w0: int, norm: str = "offi
     return t
 
 
-def entropy_selection(ft: torch.Tensor, fr: torch.Tensor, radius: int, keep: float) -> torch.Tensor:
+def entropy_selection(ft: torch.Tensor, fr: torch.Tensor, radius: int, keep: float,
+                      scale: float = 1.0) -> torch.Tensor:
     """STT's selection mask ``[B, h*w]`` (float 0/1, detached): ``H(i) = sum_d -log(p_d + 1e-12)`` with
-    ``p`` = softmax over the ``(2r+1)^2`` displacements of the raw zero-padded cost volume; keep
-    ``H(i) > tau``, ``tau`` = the ``floor(keep * N)``-th largest value of the image."""
+    ``p`` = softmax over the ``(2r+1)^2`` displacements of the zero-padded cost volume times ``scale``
+    (1 = the raw one, the paper's); keep ``H(i) > tau``, ``tau`` = the ``floor(keep * N)``-th largest
+    value of the image. A saturated softmax (large raw dot products) makes every ``H`` equal and keeps
+    no cell: use the cosine correlation (``STTConfig.correlation``) on such features."""
     with torch.no_grad():
-        cost = window_logits(ft.float(), fr.float(), radius)  # [B, D, h, w]
+        cost = window_logits(ft.float(), fr.float(), radius) * scale  # [B, D, h, w]
         p = torch.softmax(cost, 1)
         H = (-torch.log(p + 1e-12)).sum(1).flatten(1)  # [B, N]
         N = H.shape[1]
@@ -143,10 +195,10 @@ def local_distillation_loss(c1: torch.Tensor, t: torch.Tensor, m: torch.Tensor) 
 
 
 def global_distillation_loss(st: torch.Tensor, sr: torch.Tensor, tt: torch.Tensor, tr: torch.Tensor,
-                             tau: float = 0.07) -> torch.Tensor:
-    """``mean (softmax_j(<st, sr>/sqrt(C)) - softmax_j(<tt, tr>/tau))^2``; student maps ``[B, C, h, w]``,
-    teacher maps ``[B, C', h, w]`` (the teacher side carries no gradient)."""
-    cg = local_correlation(st, sr, None)
+                             tau: float = 0.07, scale: float | None = None) -> torch.Tensor:
+    """``mean (softmax_j(scale <st, sr>) - softmax_j(<tt, tr>/tau))^2`` (``scale`` default ``1/sqrt(C)``);
+    student maps ``[B, C, h, w]``, teacher maps ``[B, C', h, w]`` (the teacher side carries no gradient)."""
+    cg = local_correlation(st, sr, None, scale)
     with torch.no_grad():
         a = torch.softmax(torch.einsum("bci,bcj->bij", tt.flatten(2).float(), tr.flatten(2).float()) / tau, -1)
     return ((cg - a) ** 2).mean()
@@ -154,12 +206,15 @@ def global_distillation_loss(st: torch.Tensor, sr: torch.Tensor, tt: torch.Tenso
 
 # --------------------------------------------------------------------------- network
 class STTNet(nn.Module):
-    """Student trunk; ``forward(x) -> {"res2", "res3", "res4"}`` (paper res3/res4/res5). The frozen
+    """Student trunk; ``forward(x)`` -> its layers, of which ``levels`` (e.g. ``res2, res3, res4`` = paper
+    res3/res4/res5) are the stride-4, stride-8 and global ones. The frozen
     teacher is held outside the module tree (rebuilt from its weights spec: not trained, not saved)."""
 
-    def __init__(self, backbone: nn.Module, teacher: nn.Module):
+    def __init__(self, backbone: nn.Module, teacher: nn.Module,
+                 levels: tuple[str, str, str] = ("res2", "res3", "res4")):
         super().__init__()
         self.backbone = backbone
+        self.levels = tuple(levels)
         self.head = nn.Identity()
         self.key_dim = 0
         object.__setattr__(self, "teacher", teacher.eval())
@@ -169,8 +224,8 @@ class STTNet(nn.Module):
 
     @property
     def propagation_backbone(self) -> nn.Module:
-        """What label propagation uses during validation: the stride-8 ``res3`` (paper res4)."""
-        return LayerView(self.backbone, "res3", 8)
+        """What label propagation uses during validation: the stride-8 level (``res3`` = paper res4)."""
+        return LayerView(self.backbone, self.levels[1], 8)
 
 
 class LayerView(nn.Module):
@@ -210,18 +265,41 @@ class STT(TrainingMethod):
             raise InputError("stt: gap >= 1, 0 < area_min <= 1, 0 < aspect_min <= aspect_max, 0 < keep <= 1")
         if c.distill_norm not in ("official", "renorm"):
             raise InputError(f"distill_norm must be official or renorm, got {c.distill_norm!r}")
+        if c.correlation not in ("auto", "dot", "cosine") or c.corr_tau <= 0:
+            raise InputError(f"correlation must be auto, dot or cosine and corr_tau > 0, got "
+                             f"{c.correlation!r}, {c.corr_tau}")
+        if c.input_space not in ("auto", "lab", "rgb"):
+            raise InputError(f"input_space must be auto, lab or rgb, got {c.input_space!r}")
 
     def min_frames(self) -> int:
         return 2
 
+    # set by build() from the student's arch (class defaults: stt_resnet18)
+    _family = "stt_resnet18"
+    _trunk_preprocessing = None
+
+    @property
+    def levels(self) -> tuple[str, str, str]:
+        return STUDENT_LEVELS[self._family][0]
+
+    @property
+    def input_space(self) -> str:
+        c = self.cfg.input_space
+        return c if c != "auto" else ("lab" if self._family == "stt_resnet18" else "rgb")
+
+    @property
+    def correlation(self) -> str:
+        c = self.cfg.correlation
+        return c if c != "auto" else ("dot" if self._family == "stt_resnet18" else "cosine")
+
     def input_preprocessing(self, backbone_preprocessing):
+        if self.input_space == "rgb":
+            self._trunk_preprocessing = backbone_preprocessing
+            return backbone_preprocessing
         return LAB
 
     def backbone_kwargs(self, arch: str) -> dict:
-        if arch != "stt_resnet18":
-            raise InputError(f"stt trains the stt_resnet18 student (three pyramid levels); --arch {arch} is not "
-                             f"supported (the teacher can be any backbone: --teacher-arch)")
-        return {"stride": 8, "layer": "res4"}
+        return {"stride": 8, "layer": STUDENT_LEVELS[student_family(arch)][2]}
 
     def sample(self, entry, rng, preprocessing, train: bool = True) -> dict[str, torch.Tensor]:
         c = self.cfg
@@ -249,11 +327,19 @@ class STT(TrainingMethod):
         return {"rgb": torch.stack(out), "drop": torch.tensor(1 + int(rng.integers(2)))}
 
     def build(self, backbone: nn.Module) -> STTNet:
-        backbone.set_layer4_stride(4)
-        return STTNet(backbone, self.build_teacher())
+        arch = getattr(backbone, "arch", None) or type(backbone).__name__
+        if arch.startswith("efficientnet_lite") or not hasattr(backbone, "set_layer4_stride"):
+            self._family = student_family(arch)
+        else:  # stt_resnet18 or a custom trunk with its interface (res2/res3/res4, set_layer4_stride)
+            self._family = "stt_resnet18"
+        if self._family == "stt_resnet18":
+            backbone.set_layer4_stride(4)
+        levels, global_stride, _ = STUDENT_LEVELS[self._family]
+        return STTNet(backbone, self.build_teacher(global_stride), levels)
 
-    def build_teacher(self) -> nn.Module:
-        """The frozen teacher at output stride 32 (its deepest ResNet / EfficientNet layer by default)."""
+    def build_teacher(self, stride: int = 32) -> nn.Module:
+        """The frozen teacher at output stride ``stride`` (the student's global level; its deepest ResNet /
+        EfficientNet layer by default)."""
         from vlprop.backbones import create_backbone
         from vlprop.backbones.registry import backbone_factory
         from vlprop.model import named_model, recorded_arch, resolve_weights
@@ -268,8 +354,8 @@ class STT(TrainingMethod):
         layer = c.teacher_layer or next((n for n in ("res4", "stage6") if layers is None or n in layers), "")
         if layer:
             kw["layer"] = layer
-        if strides is None or 32 in strides:
-            kw["stride"] = 32
+        if strides is None or stride in strides:
+            kw["stride"] = stride
         if weights == "imagenet":
             from ..trainer import _check_imagenet_available
 
@@ -286,25 +372,31 @@ class STT(TrainingMethod):
         core = _unwrap(net)
         rgb, drop = batch["rgb"], batch["drop"]
         B = rgb.shape[0]
-        lab = normalize(rgb, LAB)
-        inp, target = lab_channel_dropout(lab, drop)
+        if self.input_space == "rgb":
+            inp, target = rgb_channel_dropout(rgb, drop, self._trunk_preprocessing)
+        else:
+            inp, target = lab_channel_dropout(normalize(rgb, LAB), drop)
         levels = net(inp.flatten(0, 1))
         with torch.autocast(rgb.device.type, enabled=False):
-            f0, f1, f5 = (levels[k].float().view(B, 2, *levels[k].shape[1:]) for k in ("res2", "res3", "res4"))
+            f0, f1, f5 = (levels[k].float().view(B, 2, *levels[k].shape[1:]) for k in self.levels)
+            cosine = self.correlation == "cosine"
+            scale, h_scale = (1.0 / c.corr_tau, 1.0 / c.corr_tau) if cosine else (None, 1.0)
+            if cosine:
+                f0, f1, f5 = (F.normalize(f, dim=2) for f in (f0, f1, f5))
             out: dict[str, torch.Tensor] = {}
             total = 0.0
             corr = {}
             for lvl, (f, r, wgt) in enumerate(((f0, c.radius0, c.rec_weight0), (f1, c.radius1, c.rec_weight1))):
                 h, w = f.shape[-2:]
                 s = rgb.shape[-1] // w
-                cl = local_correlation(f[:, 1], f[:, 0], r)
+                cl = local_correlation(f[:, 1], f[:, 0], r, scale)
                 v_hat = correlation_reconstruction(cl, strided_values(target[:, 0], s, (h, w)), (h, w))
                 rec = reconstruction_loss(v_hat, target[:, 1], c.loss_scale)
                 out[f"rec{lvl}"] = rec.detach()
                 total = total + wgt * rec
                 corr[lvl] = cl
             t = downsample_correlation(corr[0].detach(), *f0.shape[-2:], norm=c.distill_norm)
-            m = entropy_selection(f1[:, 1], f1[:, 0], c.radius1, c.keep)
+            m = entropy_selection(f1[:, 1], f1[:, 0], c.radius1, c.keep, h_scale)
             lc = local_distillation_loss(corr[1], t, m)
             teacher = core.teacher
             tp = next(teacher.parameters())
@@ -313,11 +405,13 @@ class STT(TrainingMethod):
             with torch.no_grad():
                 tin = normalize(rgb.flatten(0, 1), getattr(teacher, "preprocessing", None))
                 tf = teacher(tin).float()
+                if cosine:
+                    tf = F.normalize(tf, dim=1)
             tf = tf.view(B, 2, *tf.shape[1:])
             if tf.shape[-2:] != f5.shape[-2:]:
-                raise InputError(f"teacher grid {tuple(tf.shape[-2:])} differs from the student's res5 grid "
-                                 f"{tuple(f5.shape[-2:])}; use a stride-32 teacher")
-            gc = global_distillation_loss(f5[:, 1], f5[:, 0], tf[:, 1], tf[:, 0], c.teacher_tau)
+                raise InputError(f"teacher grid {tuple(tf.shape[-2:])} differs from the student's global grid "
+                                 f"{tuple(f5.shape[-2:])} ({self.levels[2]}); give the teacher the same stride")
+            gc = global_distillation_loss(f5[:, 1], f5[:, 0], tf[:, 1], tf[:, 0], c.teacher_tau, scale)
             total = total + c.alpha * lc + c.beta * gc
             out.update(local=lc.detach(), glob=gc.detach())
         out["loss"] = total
@@ -326,6 +420,6 @@ class STT(TrainingMethod):
     def export(self) -> dict:
         # STT's DAVIS protocol: res4 (vlprop res3 of stt_resnet18, stride 8), L2-normalised, T = 0.07,
         # top-10, first + 20 previous, square window side 24 (radius 12) on every context frame.
-        return {"preset": "dul", "layer": "res3", "settings": {
+        return {"preset": "dul", "layer": self.levels[1], "settings": {
             "temperature": 0.07, "topk": 10, "context": 20, "window": "square", "radius": 12,
             "window_long_term": True, "feature_norm": True}}
