@@ -90,6 +90,22 @@ def clips(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("clips"), videos=4, frames=12, size=64)
 
 
+def propagates_on_seq00(clips: Path, tmp_path: Path, run: Path, *options: str) -> bool:
+    """``vlprop propagate`` of a 16x16 square on the synthetic ``seq00`` with ``--weights run`` writes
+    all 12 masks."""
+    from PIL import Image
+
+    from vlprop.cli import main as vlprop_main
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[21:37, 12:28] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "masks"
+    code = vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
+                        "--weights", str(run), *options, "--quiet"])
+    return code == 0 and len(list(out.glob("*.png"))) == 12
+
+
 def tiny(method: str, data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(method=method, data=str(data), out=str(out), iters=6, batch=2, lr=1e-3, workers=0, holdout=0,
                 ckpt_every=100, log_every=1, progress=False, tensorboard=False, crop=32)
@@ -297,8 +313,6 @@ def test_killed_and_resumed_method_run_reproduces_the_losses(clips, tmp_path, me
 
 
 def test_mast_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_path):
-    from PIL import Image
-
     from vlprop.cli import main as vlprop_main
 
     run = tmp_path / "run"
@@ -307,15 +321,8 @@ def test_mast_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_p
     obj = torch.load(run / "last.pt", weights_only=True)
     assert (obj["arch"], obj["layer"], obj["stride"]) == ("mast_resnet18", "head", 4)
     assert obj["preprocessing"]["colorspace"] == "lab" and obj["meta"]["export"]["settings"]["radius"] == 12
-    video = clips / "seq00"
-    mask = np.zeros((64, 64), np.uint8)
-    mask[21:37, 12:28] = 1
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    out = tmp_path / "masks"
-    assert vlprop_main(["propagate", str(video), "--mask", str(tmp_path / "m.png"), "--out", str(out),
-                        "--weights", str(run), "--layer", "head", "--stride", "4", "--set", "topk=0",
-                        "--set", "window=square", "--quiet"]) == 0
-    assert len(list(out.glob("*.png"))) == 12
+    assert propagates_on_seq00(clips, tmp_path, run, "--layer", "head", "--stride", "4", "--set", "topk=0",
+                               "--set", "window=square")
 
 
 # ----------------------------------------------------------------------------- image auxiliary objective
@@ -461,8 +468,6 @@ def test_liir_second_stage_lowers_the_lr_and_adds_negatives_and_compactness(clip
 
 
 def test_liir_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_path):
-    from PIL import Image
-
     from vlprop.cli import main as vlprop_main
 
     run = tmp_path / "run"
@@ -472,14 +477,8 @@ def test_liir_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_p
     obj = torch.load(run / "last.pt", weights_only=True)
     assert (obj["arch"], obj["layer"], obj["stride"]) == ("liir_resnet18", "head", 4)
     assert "relu.pos_embed" in obj["state_dict"] and not any(k.startswith("ema") for k in obj["state_dict"])
-    mask = np.zeros((64, 64), np.uint8)
-    mask[21:37, 12:28] = 1
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    out = tmp_path / "masks"
-    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
-                        "--weights", str(run), "--layer", "head", "--stride", "4", "--set", "topk=0",
-                        "--set", "window=square", "--quiet"]) == 0
-    assert len(list(out.glob("*.png"))) == 12
+    assert propagates_on_seq00(clips, tmp_path, run, "--layer", "head", "--stride", "4", "--set", "topk=0",
+                               "--set", "window=square")
 
 
 # ----------------------------------------------------------------------------- Spatial-then-Temporal
@@ -566,8 +565,6 @@ def test_stt_distillation_losses_on_hand_examples():
 
 
 def test_stt_run_exports_res3_at_stride_8_and_loads_into_vlprop_propagate(clips, tmp_path):
-    from PIL import Image
-
     from vlprop.cli import main as vlprop_main
 
     run = tmp_path / "run"
@@ -576,13 +573,7 @@ def test_stt_run_exports_res3_at_stride_8_and_loads_into_vlprop_propagate(clips,
                         "--no-progress", "--no-tensorboard"]) == 0
     obj = torch.load(run / "last.pt", weights_only=True)
     assert (obj["arch"], obj["layer"], obj["stride"]) == ("stt_resnet18", "res3", 8)
-    mask = np.zeros((64, 64), np.uint8)
-    mask[21:37, 12:28] = 1
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    out = tmp_path / "masks"
-    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
-                        "--weights", str(run), "--layer", "res3", "--stride", "8", "--quiet"]) == 0
-    assert len(list(out.glob("*.png"))) == 12
+    assert propagates_on_seq00(clips, tmp_path, run, "--layer", "res3", "--stride", "8")
 
 
 def test_stt_on_an_efficientnet_trunk_uses_cosine_rgb_levels_and_exports_stage4(clips, tmp_path):
@@ -591,8 +582,6 @@ def test_stt_on_an_efficientnet_trunk_uses_cosine_rgb_levels_and_exports_stage4(
     RGB input and cosine correlations, so the local distillation selects cells (loss > 0); the run
     exports stage4 at stride 8 with the trunk's own input normalisation, and propagate uses it."""
     import csv
-
-    from PIL import Image
 
     from vlprop.cli import main as vlprop_main
 
@@ -613,13 +602,7 @@ def test_stt_on_an_efficientnet_trunk_uses_cosine_rgb_levels_and_exports_stage4(
     net = m.build(create_backbone("efficientnet_lite0", weights="random", **m.backbone_kwargs("efficientnet_lite0")))
     assert (m.levels, m.correlation, m.input_space) == (("stage1", "stage4", "stage6"), "cosine", "rgb")
     assert net.teacher.stride == 8 and m.export()["layer"] == "stage4"
-    mask = np.zeros((64, 64), np.uint8)
-    mask[21:37, 12:28] = 1
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    out = tmp_path / "masks"
-    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
-                        "--weights", str(run), "--quiet"]) == 0
-    assert len(list(out.glob("*.png"))) == 12
+    assert propagates_on_seq00(clips, tmp_path, run)
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -709,7 +692,6 @@ def test_an_efficientnet_trained_by_mast_loads_into_propagate_with_the_window_in
     """A method's embedding head on another family's trunk (EfficientNet at stride 8): the run file carries
     ``head.*`` next to the trunk; propagation uses the trunk layer with the run's weights and input, and the
     paper's window radius (12 cells at stride 4) becomes 6 cells at stride 8."""
-    from PIL import Image
 
     from vlprop.backbones import create_backbone
     from vlprop.cli import main as vlprop_main
@@ -739,13 +721,7 @@ def test_an_efficientnet_trained_by_mast_loads_into_propagate_with_the_window_in
     crw = Propagator(weights=str(run), preset="crw")  # a preset replaces the protocol, and with it the layer
     assert crw.preset.propagation.topk == 10 and crw.extractor.net.out_dim == 112
     assert Propagator(weights=str(run), radius=3).preset.propagation.radius == 3  # --set wins
-    mask = np.zeros((64, 64), np.uint8)
-    mask[21:37, 12:28] = 1
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    out = tmp_path / "masks"
-    assert vlprop_main(["propagate", str(clips / "seq00"), "--mask", str(tmp_path / "m.png"), "--out", str(out),
-                        "--weights", str(run), "--quiet"]) == 0
-    assert len(list(out.glob("*.png"))) == 12
+    assert propagates_on_seq00(clips, tmp_path, run)
 
 
 def test_layer_embed_needs_weights_with_a_3x3_head_that_fits_the_trunk():
