@@ -3,16 +3,20 @@
 # the propagation settings of its paper. Two families per method:
 #   r18   - the paper's ResNet-18 trunk from scratch (dul: resnet18, mast: mast_resnet18,
 #           liir: liir_resnet18, stt: stt_resnet18 student + the shipped vlprop ResNet-18 as frozen teacher)
-#   lite0 - EfficientNet-Lite0 from ImageNet (needs the effnet backbones and their weight wheels);
-#           for stt the ImageNet EfficientNet-Lite0 is the frozen teacher (the spatial step) and the student
-#           is stt_resnet18 (STT's three-level student needs a ResNet layout).
+#   lite1 - EfficientNet-Lite1 from ImageNet, the trunk of the default model (needs the weight wheel),
+#           BatchNorm statistics frozen (--freeze-bn); for stt the student is the Lite1 trunk (levels
+#           stage1/stage4/stage6, RGB input, cosine correlations) and the ImageNet Lite1 the frozen teacher.
+#
+# Each run is evaluated with the protocol its method records (its paper's settings; MAST/LIIR on a Lite trunk
+# propagate through their trained head, layer "embed"), and the lite1 runs also with the default's preset crw
+# on the trunk layer, which compares the features alone with the untrained default.
 #
 # Budget: BUDGET of iteration time per run (default 2h; validation and checkpoints excluded), with --iters
 # set from 3 calibration steps at the same settings so the lr schedules (and LIIR's stage switch at
 # 30/35 of the run) fall inside the budget; --time-budget stops the run if the machine slows down. CPU deviations from the papers (crop, batch, bank size) are flags below;
 # the paper values are in `vlprop train METHOD --help`.
 #
-# Usage: bash benchmarks/train_methods.sh [r18|lite0|all] [OUT_ROOT]     (from the repository root)
+# Usage: bash benchmarks/train_methods.sh [r18|lite1|all] [OUT_ROOT]     (from the repository root)
 set -euo pipefail
 FAMILY=${1:-all}
 ROOT=${2:-runs/train_methods}
@@ -53,47 +57,30 @@ train() {  # name method [args...]   (iterations from $IT or the calibration)
   fi
 }
 
-evaluate() {  # name [model args...]
-  local name=$1; shift
-  $VLPROP eval vos --dataset davis2016 --root "$DAVIS" --split val-dev --out "$ROOT/$name/eval" \
-      --weights "$ROOT/$name" "$@"
+evaluate() {  # name tag [model args...]   (no args: the run's recorded protocol)
+  local name=$1 tag=$2; shift 2
+  $VLPROP eval vos --dataset davis2016 --root "$DAVIS" --split val-dev --out "$ROOT/$name/eval-$tag" \
+      --weights "$ROOT/$name" --workers 2 "$@"
 }
 
-# Paper evaluation settings (vlprop engine; see each method's export() and docs):
-EVAL_DUL="--preset dul"
-EVAL_MAST="--preset dul --layer head --stride 4 --set topk=0 --set temperature=1 --set feature_norm=false \
-  --set window=square --set radius=12 --set window_long_term=true --set context=5"
-EVAL_LIIR="--preset dul --layer head --stride 4 --set topk=0 --set temperature=1 --set feature_norm=false \
-  --set window=square --set radius=14 --set window_long_term=true --set context=5"
-EVAL_STT="--preset dul --layer res3 --stride 8 --set temperature=0.07 --set topk=10 --set context=20 \
-  --set window=square --set radius=12 --set window_long_term=true --set feature_norm=true"
-# stride-8 EfficientNet features: the same windows in pixels (radius halved in cells)
-EVAL_MAST8="--preset dul --set topk=0 --set temperature=1 --set feature_norm=false --set window=square \
-  --set radius=6 --set window_long_term=true --set context=5"
-EVAL_LIIR8="--preset dul --set topk=0 --set temperature=1 --set feature_norm=false --set window=square \
-  --set radius=7 --set window_long_term=true --set context=5"
-
 if [ "$FAMILY" = r18 ] || [ "$FAMILY" = all ]; then
-  train dul-r18  dul  --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
-  evaluate dul-r18 $EVAL_DUL
-  train mast-r18 mast --batch 4 --crop 128
-  evaluate mast-r18 $EVAL_MAST
-  train liir-r18 liir --batch 4 --crop 128 --bank-frames 96
-  evaluate liir-r18 $EVAL_LIIR
-  train stt-r18  stt  --batch 4 --crop 128 --lr 5e-5 --lr-schedule cosine --warmup 25 \
-      --teacher-weights default
-  evaluate stt-r18 $EVAL_STT
+  R="--init random"
+  train dul-r18  dul  $R --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
+  train mast-r18 mast $R --batch 4 --crop 128
+  train liir-r18 liir $R --batch 4 --crop 128 --bank-frames 96
+  train stt-r18  stt  $R --batch 4 --crop 128 --teacher-weights default
+  for name in dul-r18 mast-r18 liir-r18 stt-r18; do evaluate $name paper; done
 fi
 
-if [ "$FAMILY" = lite0 ] || [ "$FAMILY" = all ]; then
-  L0="--arch efficientnet_lite0 --init imagenet"
-  train dul-lite0  dul  $L0 --batch 8 --frames 5 --gap 8 --crop 128 --lr 3e-4 --lr-schedule cosine --warmup 50
-  evaluate dul-lite0 $EVAL_DUL --backbone efficientnet_lite0
-  train mast-lite0 mast $L0 --batch 4 --crop 128
-  evaluate mast-lite0 $EVAL_MAST8 --backbone efficientnet_lite0
-  train liir-lite0 liir $L0 --batch 4 --crop 128 --bank-frames 96
-  evaluate liir-lite0 $EVAL_LIIR8 --backbone efficientnet_lite0
-  train stt-lite0  stt  --batch 4 --crop 128 --lr 5e-5 --lr-schedule cosine --warmup 25 \
-      --teacher-arch efficientnet_lite0 --teacher-weights imagenet
-  evaluate stt-lite0 $EVAL_STT
+if [ "$FAMILY" = lite1 ] || [ "$FAMILY" = all ]; then
+  L1="--arch efficientnet_lite1 --init imagenet --freeze-bn"
+  train dul-lite1  dul  $L1 --batch 8 --frames 5 --gap 8 --crop 128 --scale-min 256 --scale-max 320 --lr 5e-5 \
+      --lr-schedule cosine --warmup 20
+  train mast-lite1 mast $L1 --batch 4 --crop 128 --lr 1e-4 --lr-schedule cosine --warmup 50
+  train liir-lite1 liir $L1 --batch 4 --crop 128 --bank-frames 96 --lr 1e-4 --lr-schedule cosine --warmup 50
+  train stt-lite1  stt  $L1 --batch 4 --crop 256 --lr 5e-5 --lr-schedule cosine --warmup 20
+  for name in dul-lite1 mast-lite1 liir-lite1 stt-lite1; do
+    evaluate $name paper
+    evaluate $name crw --preset crw
+  done
 fi
