@@ -106,7 +106,7 @@ class STTConfig:
     keep: float = field(default=0.7, metadata=_h("entropy selection: fraction T of query cells kept"))
     distill_norm: str = field(default="official", metadata=_h("pseudo-label rows: official (sum 1/4) or renorm"))
     teacher_weights: str = field(default="default", metadata=_h(
-        "frozen teacher (spatial step): imagenet, a named model (default = the shipped vlprop ResNet-18), "
+        "frozen teacher (spatial step): imagenet, a named model (default = vlprop's default model), "
         "a checkpoint or a run folder"))
     teacher_arch: str = field(default="", metadata=_h("teacher backbone (default: the checkpoint's, else resnet18)"))
     teacher_layer: str = field(default="", metadata=_h(
