@@ -321,8 +321,13 @@ def test_mast_run_on_its_paper_backbone_loads_into_vlprop_propagate(clips, tmp_p
     obj = torch.load(run / "last.pt", weights_only=True)
     assert (obj["arch"], obj["layer"], obj["stride"]) == ("mast_resnet18", "head", 4)
     assert obj["preprocessing"]["colorspace"] == "lab" and obj["meta"]["export"]["settings"]["radius"] == 12
-    assert propagates_on_seq00(clips, tmp_path, run, "--layer", "head", "--stride", "4", "--set", "topk=0",
-                               "--set", "window=square")
+    # without --layer/--stride the run propagates what it trained (the head at stride 4), not the layer of the
+    # reference network of its protocol's preset (dul: res4 at stride 8)
+    from vlprop.model import ModelSpec
+
+    r = ModelSpec(weights=str(run)).resolve()
+    assert (r.backbone, r.layer, r.stride, r.preset.propagation.topk) == ("mast_resnet18", "head", 4, 0)
+    assert propagates_on_seq00(clips, tmp_path, run)
 
 
 # ----------------------------------------------------------------------------- image auxiliary objective

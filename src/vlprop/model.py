@@ -390,8 +390,13 @@ class ModelSpec:
                              f"{self.backbone}")
 
         feat_over = {k: overrides.pop(k) for k in ("layer", "stride") if k in overrides}
-        layer = self.layer or feat_over.get("layer") or (nm.layer if nm else None)
-        stride = self.stride or feat_over.get("stride") or (nm.stride if nm else None)
+        # a vlprop checkpoint's own layer and stride (what its training method propagates, e.g. MAST's 64-d head
+        # at stride 4) come before a preset's reference-network features
+        own = ckpt is not None and ckpt.get("arch") == backbone
+        layer = self.layer or feat_over.get("layer") or (nm.layer if nm else None) \
+            or (ckpt.get("layer") if own else None)
+        stride = self.stride or feat_over.get("stride") or (nm.stride if nm else None) \
+            or (ckpt.get("stride") if own else None)
         preset_backbone = getattr(base.features, "backbone", None)
         if preset_backbone is not None and preset_backbone != backbone:
             log.warning("preset %r reproduces its reference on backbone %r; running it on %r with that backbone's "
