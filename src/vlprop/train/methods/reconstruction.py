@@ -79,16 +79,16 @@ def rgb_channel_dropout(rgb: torch.Tensor, drop: torch.Tensor, preprocessing) ->
     RGB image with one colour-opponent axis gone, not the Lab input an RGB-trained trunk never saw. No
     3/2 rescaling. ``target`` is the same normalised Lab channel as :func:`lab_channel_dropout`'s.
     """
-    from vlprop.backbones.colorspace import LAB_MEAN, LAB_STD, lab_to_rgb, rgb_to_lab
+    from vlprop.backbones.colorspace import LAB_MEAN, LAB_STD, lab_to_rgb
+    from vlprop.backbones.preprocessing import LAB
 
     from ..augment import normalize
 
     if rgb.dim() != 5 or rgb.shape[2] != 3:
         raise InputError(f"expected RGB clips [B, T, 3, H, W], got {tuple(rgb.shape)}")
-    lab = rgb_to_lab(rgb)
-    mean = torch.tensor(LAB_MEAN, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
-    std = torch.tensor(LAB_STD, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
-    dropped, target = lab_channel_dropout((lab - mean) / std, drop, scale=1.0)
+    dropped, target = lab_channel_dropout(normalize(rgb, LAB), drop, scale=1.0)
+    mean = torch.tensor(LAB_MEAN, dtype=dropped.dtype, device=dropped.device).view(3, 1, 1)
+    std = torch.tensor(LAB_STD, dtype=dropped.dtype, device=dropped.device).view(3, 1, 1)
     # not clipped: an image that leaves the sRGB gamut without the channel keeps exactly the other two
     return normalize(lab_to_rgb(dropped * std + mean, clip=False), preprocessing), target
 

@@ -274,9 +274,8 @@ class STT(TrainingMethod):
     def min_frames(self) -> int:
         return 2
 
-    # set by build() from the student's arch (class defaults: stt_resnet18)
+    # set by build() from the student's arch (class default: stt_resnet18)
     _family = "stt_resnet18"
-    _trunk_preprocessing = None
 
     @property
     def levels(self) -> tuple[str, str, str]:
@@ -293,10 +292,7 @@ class STT(TrainingMethod):
         return c if c != "auto" else ("dot" if self._family == "stt_resnet18" else "cosine")
 
     def input_preprocessing(self, backbone_preprocessing):
-        if self.input_space == "rgb":
-            self._trunk_preprocessing = backbone_preprocessing
-            return backbone_preprocessing
-        return LAB
+        return backbone_preprocessing if self.input_space == "rgb" else LAB
 
     def backbone_kwargs(self, arch: str) -> dict:
         return {"stride": 8, "layer": STUDENT_LEVELS[student_family(arch)][2]}
@@ -328,10 +324,12 @@ class STT(TrainingMethod):
 
     def build(self, backbone: nn.Module) -> STTNet:
         arch = getattr(backbone, "arch", None) or type(backbone).__name__
-        if arch.startswith("efficientnet_lite") or not hasattr(backbone, "set_layer4_stride"):
+        try:
             self._family = student_family(arch)
-        else:  # stt_resnet18 or a custom trunk with its interface (res2/res3/res4, set_layer4_stride)
-            self._family = "stt_resnet18"
+        except InputError:
+            if not hasattr(backbone, "set_layer4_stride"):
+                raise
+            self._family = "stt_resnet18"  # a custom trunk with stt_resnet18's interface (res2/res3/res4)
         if self._family == "stt_resnet18":
             backbone.set_layer4_stride(4)
         levels, global_stride, _ = STUDENT_LEVELS[self._family]
@@ -373,7 +371,8 @@ class STT(TrainingMethod):
         rgb, drop = batch["rgb"], batch["drop"]
         B = rgb.shape[0]
         if self.input_space == "rgb":
-            inp, target = rgb_channel_dropout(rgb, drop, self._trunk_preprocessing)
+            # the trunk's own normalisation (the trainer records the method's input on the backbone)
+            inp, target = rgb_channel_dropout(rgb, drop, core.backbone.preprocessing)
         else:
             inp, target = lab_channel_dropout(normalize(rgb, LAB), drop)
         levels = net(inp.flatten(0, 1))
